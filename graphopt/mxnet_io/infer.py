@@ -1,0 +1,117 @@
+"""Shapes and dtypes of every tensor, computed by MXNet's own inference.
+
+MXNet defines what its ops compute, so it is also the authority on their output shapes: we
+build the symbol from the graph, take its internals (every visible output of every node) and
+run ``infer_shape_partial`` / ``infer_type_partial`` once over the whole graph.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mxnet as mx
+import numpy as np
+
+from graphopt.errors import ParameterError, ShapeError
+from graphopt.ir.graph import Graph, Tensor, TensorType
+from graphopt.mxnet_io.symbol_json import graph_to_json
+
+_OPERATOR_IN_ERROR = re.compile(r"Error in operator ([^:\s]+)")
+
+
+def to_symbol(graph: Graph) -> mx.sym.Symbol:
+    return mx.sym.load_json(graph_to_json(graph))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).replace("MXNetError: ", "")
+    lines = [line for line in text.splitlines() if line.strip() and "Stack trace" not in line]
+    return lines[0].strip() if lines else text.strip()
+
+
+def _known(shape) -> tuple | None:
+    if shape is None or len(shape) == 0 or any(d == 0 for d in shape):
+        return None  # MXNet's legacy shape semantics: () or 0 dims mean "unknown"
+    return tuple(int(d) for d in shape)
+
+
+def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
+                 input_dtypes: dict[str, str] | None = None) -> None:
+    """Fill ``node.outputs`` for every node. ``input_shapes``/``input_dtypes`` override what the
+    input variables record. Raises :class:`ShapeError` or :class:`ParameterError` with the node."""
+    input_shapes = dict(input_shapes or {})
+    input_dtypes = dict(input_dtypes or {})
+    file = graph.source.get("symbol")
+    symbol = to_symbol(graph)
+    internals = symbol.get_internals()
+    internal_json = json.loads(internals.tojson())
+    heads = [(internal_json["nodes"][nid]["name"], index) for nid, index, _ in internal_json["heads"]]
+
+    shapes, dtypes = {}, {}
+    for node in graph.variables():
+        if node.kind in ("param", "aux"):
+            value = graph.params[node.name]
+            shapes[node.name], dtypes[node.name] = tuple(value.shape), value.dtype
+        elif node.kind == "input":
+            shape = input_shapes.get(node.name, node.shape)
+            if shape is not None:
+                shapes[node.name] = tuple(shape)
+            dtypes[node.name] = np.dtype(input_dtypes.get(node.name) or node.dtype or "float32")
+    arguments = set(internals.list_arguments()) | set(internals.list_auxiliary_states())
+    shapes = {k: v for k, v in shapes.items() if k in arguments}
+    dtypes = {k: v for k, v in dtypes.items() if k in arguments}
+
+    try:
+        _, out_shapes, _ = internals.infer_shape_partial(**shapes)
+    except mx.MXNetError as error:
+        raise _explain_shape_failure(graph, internals, shapes, error, file) from None
+    try:
+        _, out_types, _ = internals.infer_type_partial(**dtypes)
+    except mx.MXNetError as error:
+        raise _error_at(ShapeError, graph, error, "dtype inference failed", file) from None
+
+    counts: dict[str, int] = {}
+    for name, index in heads:
+        counts[name] = max(counts.get(name, 0), index + 1)
+    for (name, index), shape, dtype in zip(heads, out_shapes, out_types):
+        node = graph.node(name)
+        if len(node.outputs) != counts[name]:
+            node.outputs = [TensorType() for _ in range(counts[name])]
+        node.outputs[index] = TensorType(_known(shape),
+                                         None if dtype is None else np.dtype(dtype).name)
+    for name, shape in input_shapes.items():
+        if name in graph and graph.node(name).kind == "input" and graph.node(name).shape is None:
+            graph.node(name).outputs[0] = TensorType(tuple(shape), graph.node(name).dtype)
+
+
+def _error_at(kind, graph: Graph, error: Exception, what: str, file):
+    match = _OPERATOR_IN_ERROR.search(str(error))
+    node = match.group(1) if match else None
+    op = graph.node(node).op if node and node in graph else None
+    return kind(f"{what}: {_first_line(error)}", file=file, node=node, op=op)
+
+
+def _explain_shape_failure(graph: Graph, internals, shapes: dict, error: Exception, file):
+    """Tell a parameter of the wrong shape from an input shape that does not fit: infer again
+    from the inputs alone and compare what each parameter should be with what it is."""
+    inputs_only = {k: v for k, v in shapes.items() if graph.node(k).kind == "input"}
+    try:
+        arg_shapes, _, aux_shapes = internals.infer_shape_partial(**inputs_only)
+    except mx.MXNetError:
+        return _error_at(ShapeError, graph, error, "the input shapes do not fit the graph", file)
+    names = internals.list_arguments() + internals.list_auxiliary_states()
+    for name, expected in zip(names, list(arg_shapes) + list(aux_shapes)):
+        expected = _known(expected)
+        node = graph.node(name)
+        if node.kind in ("param", "aux") and expected is not None and expected != shapes[name]:
+            consumer, _slot = graph.consumers(name)[0]
+            return ParameterError(
+                f"parameter {name!r} has shape {shapes[name]} in the params file, but node "
+                f"{consumer!r} ({graph.node(consumer).op}) needs {expected}",
+                file=graph.source.get("params"), node=consumer, op=graph.node(consumer).op)
+    return _error_at(ShapeError, graph, error, "shape inference failed", file)
+
+
+def tensor_shapes(graph: Graph) -> dict[Tensor, TensorType]:
+    return {Tensor(n.name, i): t for n in graph.nodes() for i, t in enumerate(n.outputs)}

@@ -1,0 +1,164 @@
+"""Load an MXNet model (symbol JSON + params) into a :class:`~graphopt.ir.Graph`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import mxnet as mx
+import numpy as np
+
+from graphopt.errors import ModelFileError, ParameterError, ShapeError
+from graphopt.ir.graph import Graph, TensorType
+from graphopt.mxnet_io.infer import infer_shapes
+from graphopt.mxnet_io.symbol_json import assign_output_names, graph_from_json
+from graphopt.schema import mxnet_schema
+
+# Names that can only be parameters: a variable so named but absent from the params file is a
+# missing parameter, not a graph input.
+_PARAM_SUFFIX = re.compile(r"(weight|bias|gamma|beta|running_mean|running_var|moving_mean|"
+                           r"moving_var|alpha)$")
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise ModelFileError("symbol file not found", file=str(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"cannot read symbol file: {error}", file=str(path)) from None
+
+
+def read_params(params_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read an MXNet params file as numpy arrays, keys as stored (``arg:``/``aux:`` kept)."""
+    path = Path(params_path)
+    if not path.is_file():
+        raise ModelFileError("params file not found", file=str(path))
+    try:
+        loaded = mx.nd.load(str(path))
+    except mx.MXNetError as error:
+        raise ModelFileError(f"cannot read params file (truncated or not an MXNet params file): "
+                             f"{str(error).splitlines()[0]}", file=str(path)) from None
+    if not isinstance(loaded, dict):
+        raise ModelFileError("params file holds unnamed arrays; graphopt needs names",
+                             file=str(path))
+    return {name: array.asnumpy() for name, array in loaded.items()}
+
+
+def _strip_prefix(name: str) -> str:
+    return name[4:] if name.startswith(("arg:", "aux:")) else name
+
+
+def _role(name: str, separator: str) -> str:
+    tail = name.rsplit(separator, 1)[-1]
+    return {"moving_mean": "running_mean", "moving_var": "running_var"}.get(tail, tail)
+
+
+def _match_structural_names(needed: list[str], stored: dict[str, np.ndarray],
+                            file: str) -> dict[str, np.ndarray]:
+    """Gluon's ``save_parameters`` names parameters by structure (``features.0.weight``) while the
+    symbol names them by prefix (``lenet0_conv0_weight``). Both list a layer's parameters in
+    forward order, so the k-th ``weight`` of the file is the k-th ``*_weight`` variable."""
+    by_role_file: dict[str, list[str]] = {}
+    for key in stored:
+        by_role_file.setdefault(key.rsplit(".", 1)[-1].replace("moving_", "running_"), []).append(key)
+    by_role_graph: dict[str, list[str]] = {}
+    for name in needed:
+        by_role_graph.setdefault(_role(name, "_") if "_" in name else name, []).append(name)
+    for role in list(by_role_graph):  # symbol roles are the last 1 or 2 '_' parts
+        if role not in by_role_file:
+            for name in by_role_graph.pop(role):
+                two = "_".join(name.rsplit("_", 2)[-2:])
+                by_role_graph.setdefault(_role(two, "."), []).append(name)
+    matched = {}
+    for role, names in by_role_graph.items():
+        keys = by_role_file.get(role, [])
+        if len(keys) != len(names):
+            raise ParameterError(
+                f"cannot match Gluon structural parameter names to the symbol: the file has "
+                f"{len(keys)} '{role}' parameters, the graph needs {len(names)}",
+                file=file, node=names[0] if names else None)
+        matched.update({name: stored[key] for name, key in zip(names, keys)})
+    return matched
+
+
+def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | None = None,
+         inputs: Mapping[str, tuple] | None = None, dtypes: Mapping[str, str] | None = None,
+         name: str | None = None) -> Graph:
+    """Load an MXNet symbol JSON and its params into a :class:`Graph`.
+
+    ``inputs`` maps each graph input to its shape, e.g. ``{"data": (1, 3, 224, 224)}``; with it,
+    every tensor's shape and dtype is known after loading, and any other variable the params file
+    lacks is reported as a missing parameter. ``params_path`` may hold ``arg:``/``aux:`` names
+    (``export``, ``save_checkpoint``) or Gluon ``save_parameters`` names.
+    """
+    symbol_path = Path(symbol_json_path)
+    text = _read_text(symbol_path)
+    graph = graph_from_json(text, file=str(symbol_path))
+    graph.name = name or re.sub(r"-symbol$", "", symbol_path.stem.replace(".json", ""))
+    graph.source = {"symbol": str(symbol_path), "params": None if params_path is None else str(params_path)}
+    try:
+        symbol = mx.sym.load_json(text)
+        argument_names = symbol.list_arguments()
+        aux_names = set(symbol.list_auxiliary_states())
+    except mx.MXNetError as error:
+        message = str(error).splitlines()[0].replace("MXNetError: ", "")
+        raise ModelFileError(f"MXNet refuses the symbol: {message}", file=str(symbol_path)) from None
+
+    stored = {} if params_path is None else read_params(params_path)
+    values = {_strip_prefix(k): v for k, v in stored.items()}
+    inputs = {k: tuple(int(d) for d in v) for k, v in (inputs or {}).items()}
+    variable_names = [n for n in argument_names + sorted(aux_names) if n in graph]
+    unknown_inputs = [k for k in inputs if k not in graph or not graph.node(k).is_variable]
+    if unknown_inputs:
+        raise ShapeError(f"no graph input named {unknown_inputs}; the graph's variables not in the "
+                         f"params file are {[n for n in variable_names if n not in values]}",
+                         file=str(symbol_path), node=unknown_inputs[0])
+    needed = [n for n in variable_names if n not in inputs and not _is_label(graph, n)]
+    if stored and not any(n in values for n in needed) and any("." in k for k in values):
+        values = _match_structural_names(needed, values, file=str(params_path))
+
+    for var in variable_names:
+        node = graph.node(var)
+        if var in inputs:
+            node.kind = "input"
+            node.outputs[0] = TensorType(inputs[var], np.dtype((dtypes or {}).get(var, "float32")).name)
+        elif var in values:
+            node.kind = "aux" if var in aux_names else "param"
+            array = np.array(values[var])
+            array.flags.writeable = False
+            graph.params[var] = array
+            node.outputs[0] = TensorType(tuple(array.shape), array.dtype.name)
+        elif _is_label(graph, var):
+            node.kind = "label"
+        elif var in aux_names or inputs or _PARAM_SUFFIX.search(var):
+            consumer, _slot = graph.consumers(var)[0]
+            where = f"params file {params_path}" if params_path is not None else "the model (no params file given)"
+            raise ParameterError(f"parameter {var!r} is missing from {where}",
+                                 file=str(params_path or symbol_path), node=consumer,
+                                 op=graph.node(consumer).op)
+        else:
+            node.kind = "input"
+            if dtypes and var in dtypes:
+                node.outputs[0] = TensorType(None, np.dtype(dtypes[var]).name)
+    graph.source["unused_params"] = sorted(set(values) - set(variable_names))
+    infer_shapes(graph)
+    assign_output_names(graph)
+    graph.output_labels = [graph.tensor_name(t) for t in graph.outputs]
+    return graph
+
+
+def _is_label(graph: Graph, var: str) -> bool:
+    """A variable read only at slots MXNet names ``label`` (SoftmaxOutput and the other loss
+    heads): inference never reads it."""
+    schema = mxnet_schema()
+    uses = graph.consumers(var)
+    if not uses:
+        return False
+    for consumer, slot in uses:
+        spec = schema.get(graph.node(consumer).op)
+        if spec is None or slot >= len(spec.inputs) or spec.inputs[slot] != "label":
+            return False
+    return True

@@ -1,0 +1,37 @@
+"""Write a graph back as an MXNet model that ``mx.sym.load`` and ``SymbolBlock.imports`` accept."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mxnet as mx
+
+from graphopt._files import atomic_paths
+from graphopt.ir.graph import Graph
+from graphopt.mxnet_io.symbol_json import graph_to_json
+
+
+def params_for_mxnet(graph: Graph) -> dict[str, mx.nd.NDArray]:
+    """Parameters named the way ``export``/``save_checkpoint`` name them (``arg:``/``aux:``)."""
+    out = {}
+    for node in graph.variables():
+        if node.kind in ("param", "aux"):
+            prefix = "aux:" if node.kind == "aux" else "arg:"
+            value = graph.params[node.name]
+            out[prefix + node.name] = mx.nd.array(value, dtype=value.dtype)
+    return out
+
+
+def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple[Path, Path]:
+    """Write ``PREFIX-symbol.json`` and ``PREFIX-%04d.params`` (epoch). Both are written to
+    temporary names first and renamed only when both are complete."""
+    prefix = str(prefix)
+    symbol_path = Path(f"{prefix}-symbol.json")
+    params_path = Path(f"{prefix}-{epoch:04d}.params")
+    text = graph_to_json(graph)
+    arrays = params_for_mxnet(graph)
+    with atomic_paths(params_path, symbol_path) as (params_temp, symbol_temp):
+        mx.nd.save(str(params_temp), arrays)
+        symbol_temp.write_text(text)
+    return symbol_path, params_path
