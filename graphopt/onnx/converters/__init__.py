@@ -1,1 +1,6 @@
-"""(filled in by its issue)"""
+"""MXNet op -> ONNX converters, one short function per op, grouped by family.
+
+Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
+"""
+
+from graphopt.onnx.converters import contrib, math, nn, tensor  # noqa: F401  (registration)

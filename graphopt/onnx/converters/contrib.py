@@ -1,0 +1,3 @@
+"""contrib converters."""
+
+from graphopt.onnx.context import ConvertContext, Unsupported, converter  # noqa: F401

@@ -1,0 +1,3 @@
+"""nn converters."""
+
+from graphopt.onnx.context import ConvertContext, Unsupported, converter  # noqa: F401
