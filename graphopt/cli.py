@@ -1,8 +1,188 @@
-"""The ``graphopt`` command line."""
+"""The ``graphopt`` command line: inspect | export | optimize (rewrite) | compare | rules.
 
+Every command takes a model as ``PREFIX-symbol.json`` (its params found beside it as
+``PREFIX-NNNN.params``, the newest epoch) or as ``PREFIX``; ``--params`` names another file.
+Input shapes come from ``--input data:1x3x224x224`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
 import sys
+from pathlib import Path
+
+from graphopt.errors import GraphoptError
 
 
-def main(argv=None) -> int:
-    print("graphopt: commands are being built", file=sys.stderr)
-    return 2
+def resolve_model(model: str, params: str | None = None) -> tuple[Path, Path | None]:
+    """``prefix-symbol.json`` or ``prefix`` -> (symbol path, params path or None)."""
+    path = Path(model)
+    if path.name.endswith("-symbol.json"):
+        prefix = path.with_name(path.name[: -len("-symbol.json")])
+    elif path.suffix == ".json":
+        prefix = path.with_suffix("")
+    else:
+        prefix, path = path, Path(f"{model}-symbol.json")
+    if params is not None:
+        return path, Path(params)
+    candidates = sorted(prefix.parent.glob(f"{prefix.name}-[0-9][0-9][0-9][0-9].params"))
+    if not candidates and prefix.with_suffix(".params").exists():
+        candidates = [prefix.with_suffix(".params")]
+    return path, candidates[-1] if candidates else None
+
+
+def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
+    """``data:1x3x224x224`` -> ("data", (1, 3, 224, 224))."""
+    match = re.fullmatch(r"([^:]+):(\d+(?:[x,]\d+)*)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected NAME:DIMxDIM..., e.g. data:1x3x224x224, got {text!r}")
+    return match.group(1), tuple(int(d) for d in re.split(r"[x,]", match.group(2)))
+
+
+def _load(args) -> "Graph":  # noqa: F821
+    import graphopt
+    symbol, params = resolve_model(args.model, getattr(args, "params", None))
+    inputs = dict(args.input or [])
+    return graphopt.load(symbol, params, inputs=inputs or None)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def cmd_inspect(args) -> int:
+    from graphopt.analysis import format_inspection, inspect_graph
+    report = inspect_graph(_load(args))
+    _print_json(report) if args.json else print(format_inspection(report))
+    return 0
+
+
+def cmd_export(args) -> int:
+    graph = _load(args)
+    if args.to == "onnx":
+        from graphopt.onnx import to_onnx
+        to_onnx(graph, path=args.output, opset=args.opset, dynamic_batch=not args.static_batch)
+    else:
+        from graphopt.mxnet_io import save_mxnet
+        save_mxnet(graph, args.output)
+    print(f"wrote {args.output} ({args.to})")
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    from graphopt.rewrite import format_report, rewrite
+    graph = _load(args)
+    phases = args.phases.split(",") if args.phases else None
+    new_graph, report = rewrite(graph, phases=phases, rules_dirs=args.rules_dir or None,
+                                check=args.check)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(format_report(report, explain=args.explain))
+    if args.output:
+        if args.to == "onnx":
+            from graphopt.onnx import to_onnx
+            to_onnx(new_graph, path=args.output, opset=args.opset)
+        else:
+            from graphopt.mxnet_io import save_mxnet
+            save_mxnet(new_graph, args.output)
+        print(f"wrote {args.output} ({args.to})", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from graphopt.compare import compare
+    symbol, params = resolve_model(args.symbol, args.params)
+    report = compare(symbol, params, args.onnx, inputs=dict(args.input or []) or None,
+                     data=args.data, per_layer=args.per_layer, rtol=args.rtol, atol=args.atol,
+                     seed=args.seed)
+    _print_json(report.to_dict()) if args.json else print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_rules(args) -> int:
+    from graphopt.rewrite import list_rules
+    rules = list_rules(rules_dirs=args.rules_dir or None)
+    if args.json:
+        _print_json(rules)
+        return 0
+    for rule in rules:
+        print(f"{rule['name']:<32} [{rule['phase']}] anchor {rule['anchor']}: {rule['description']}")
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="PREFIX-symbol.json or PREFIX")
+    parser.add_argument("--params", help="params file (default: PREFIX-NNNN.params beside the model)")
+    parser.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE",
+                        help="an input shape, e.g. data:1x3x224x224 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("inspect", help="inputs, outputs, op histogram, parameters, MACs/FLOPs")
+    _model_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_inspect)
+
+    p = commands.add_parser("export", help="write the model as ONNX or MXNet")
+    _model_arguments(p)
+    p.add_argument("--to", choices=["onnx", "mxnet"], default="onnx")
+    p.add_argument("output", help="OUT.onnx, or an MXNet prefix")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--static-batch", action="store_true", help="keep the batch size fixed")
+    p.set_defaults(run=cmd_export)
+
+    for name in ("optimize", "rewrite"):
+        p = commands.add_parser(name, help="apply the rewrite rules (fold BatchNorm, drop no-ops...)")
+        _model_arguments(p)
+        p.add_argument("-o", "--output", help="write the result (ONNX file or MXNet prefix)")
+        p.add_argument("--to", choices=["onnx", "mxnet"], default="mxnet")
+        p.add_argument("--opset", type=int, default=17)
+        p.add_argument("--rules-dir", action="append", help="a folder of extra rule files")
+        p.add_argument("--phases", help="comma-separated phases to run (default: all)")
+        p.add_argument("--check", choices=["numeric"], help="run MXNet before/after each phase")
+        p.add_argument("--explain", action="store_true", help="say why rules did not fire")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(run=cmd_optimize)
+
+    p = commands.add_parser("compare", help="run MXNet and onnxruntime on the same inputs")
+    p.add_argument("symbol", help="PREFIX-symbol.json or PREFIX")
+    p.add_argument("params", nargs="?", help="params file (default: beside the symbol)")
+    p.add_argument("onnx", help="the ONNX model")
+    p.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE")
+    p.add_argument("--data", help=".npz of input arrays (default: seeded random inputs)")
+    p.add_argument("--per-layer", action="store_true", help="find the first diverging layer")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_compare)
+
+    p = commands.add_parser("rules", help="the rewrite rules")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--rules-dir", action="append")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_rules)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except GraphoptError as error:
+        print(f"graphopt {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
