@@ -1,0 +1,149 @@
+"""Bad input gets a clear error naming the file, the node and the op, and nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import graphopt
+from fixtures import build
+
+LENET_INPUT = {"data": (1, 1, 28, 28)}
+
+
+@pytest.fixture
+def lenet(tmp_path):
+    """A private copy of the trained LeNet fixture, so tests can damage it."""
+    symbol_path, params_path = build.fixture_path("lenet_digits")
+    symbol_copy = tmp_path / symbol_path.name
+    params_copy = tmp_path / params_path.name
+    shutil.copy(symbol_path, symbol_copy)
+    shutil.copy(params_path, params_copy)
+    return symbol_copy, params_copy
+
+
+def unchanged(path, before: bytes) -> bool:
+    return path.read_bytes() == before
+
+
+def test_truncated_json_names_the_file(lenet):
+    symbol_path, params_path = lenet
+    symbol_path.write_text(symbol_path.read_text()[:500])
+    before = symbol_path.read_bytes()
+    with pytest.raises(graphopt.ModelFileError) as error:
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    assert str(symbol_path) in str(error.value) and "truncated or malformed" in str(error.value)
+    assert unchanged(symbol_path, before)
+
+
+def test_json_that_is_not_a_symbol(lenet):
+    symbol_path, params_path = lenet
+    symbol_path.write_text(json.dumps({"hello": "world"}))
+    with pytest.raises(graphopt.ModelFileError, match="not an MXNet symbol JSON"):
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+
+
+def test_missing_params_file(lenet, tmp_path):
+    symbol_path, _ = lenet
+    missing = tmp_path / "nope-0000.params"
+    with pytest.raises(graphopt.ModelFileError) as error:
+        graphopt.load(symbol_path, missing, inputs=LENET_INPUT)
+    assert "params file not found" in str(error.value) and str(missing) in str(error.value)
+
+
+def test_truncated_params_file(lenet):
+    symbol_path, params_path = lenet
+    params_path.write_bytes(params_path.read_bytes()[:1000])
+    with pytest.raises(graphopt.ModelFileError, match="cannot read params file"):
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+
+
+def _rewrite_params(params_path, edit):
+    arrays = mx.nd.load(str(params_path))
+    edit(arrays)
+    mx.nd.save(str(params_path), arrays)
+
+
+def _first_conv(symbol_path) -> str:
+    nodes = json.loads(symbol_path.read_text())["nodes"]
+    return next(n["name"] for n in nodes if n["op"] == "Convolution")
+
+
+def test_parameter_missing_from_params_names_node_and_op(lenet):
+    symbol_path, params_path = lenet
+    conv = _first_conv(symbol_path)
+    _rewrite_params(params_path, lambda arrays: arrays.pop(f"arg:{conv}_weight"))
+    with pytest.raises(graphopt.ParameterError) as error:
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    assert error.value.node == conv and error.value.op == "Convolution"
+    assert f"{conv}_weight" in str(error.value) and str(params_path) in str(error.value)
+
+
+def test_parameter_of_the_wrong_shape_names_node_and_op(lenet):
+    symbol_path, params_path = lenet
+    conv = _first_conv(symbol_path)
+
+    def shrink(arrays):
+        arrays[f"arg:{conv}_weight"] = mx.nd.zeros((20, 1, 3, 3))
+    _rewrite_params(params_path, shrink)
+    with pytest.raises(graphopt.ParameterError) as error:
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    assert error.value.node == conv and error.value.op == "Convolution"
+    assert "(20, 1, 3, 3)" in str(error.value) and "(20, 1, 5, 5)" in str(error.value)
+
+
+def test_input_shape_that_does_not_fit(lenet):
+    symbol_path, params_path = lenet
+    with pytest.raises(graphopt.ShapeError) as error:
+        graphopt.load(symbol_path, params_path, inputs={"data": (1, 1, 3, 3)})
+    assert error.value.node is not None and error.value.op is not None
+    assert str(symbol_path) in str(error.value)
+
+
+def test_unknown_input_name(lenet):
+    symbol_path, params_path = lenet
+    with pytest.raises(graphopt.ShapeError, match="no graph input named"):
+        graphopt.load(symbol_path, params_path, inputs={"image": (1, 1, 28, 28)})
+
+
+def test_op_mxnet_does_not_know_lists_every_such_node(lenet):
+    symbol_path, params_path = lenet
+    data = json.loads(symbol_path.read_text())
+    renamed = []
+    for node in data["nodes"]:
+        if node["op"] == "Activation":
+            node["op"] = "FancyActivation"
+            renamed.append(node["name"])
+    symbol_path.write_text(json.dumps(data))
+    before = symbol_path.read_bytes()
+    with pytest.raises(graphopt.UnknownOpError) as error:
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    assert error.value.op == "FancyActivation" and error.value.node == renamed[0]
+    assert all(name in str(error.value) for name in renamed)
+    assert unchanged(symbol_path, before)
+
+
+def test_a_failed_save_leaves_no_half_written_model(lenet, tmp_path, monkeypatch):
+    symbol_path, params_path = lenet
+    graph = graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    target = tmp_path / "out"
+    graphopt.save_mxnet(graph, target)
+    good = (tmp_path / "out-symbol.json").read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(mx.nd, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        graphopt.save_mxnet(graph, target)
+    assert (tmp_path / "out-symbol.json").read_bytes() == good  # the old model is intact
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_numpy_guard_refuses_numpy_124(monkeypatch):
+    monkeypatch.setattr(np, "__version__", "1.24.0")
+    with pytest.raises(graphopt.EnvironmentMismatchError, match="numpy < 1.24"):
+        graphopt._check_numpy()

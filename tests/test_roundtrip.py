@@ -1,0 +1,139 @@
+"""A user loads an exported MXNet model, saves it back, and gets the very same outputs.
+
+The round trip must be bit-identical (issue 2): same graph, same parameter bytes, so MXNet
+computes the same bits. Both params formats MXNet writes must load.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import graphopt
+from fixtures import build, zoo
+from graphopt.mxnet_io.symbol_json import graph_to_dict
+
+
+def run_mxnet(symbol_path, params_path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a saved model the way users do: SymbolBlock.imports, then a forward pass."""
+    names = list(inputs)
+    block = mx.gluon.SymbolBlock.imports(str(symbol_path), names, str(params_path))
+    outputs = block(*[mx.nd.array(inputs[n]) for n in names])
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [o.asnumpy() for o in outputs]
+
+
+def assert_round_trip_identical(symbol_path, params_path, input_shape, tmp_path):
+    inputs = {"data": zoo.seeded_input(input_shape)}
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": input_shape})
+    graph.validate()
+    saved_symbol, saved_params = graphopt.save_mxnet(graph, tmp_path / "roundtrip")
+    before = run_mxnet(symbol_path, params_path, inputs)
+    after = run_mxnet(saved_symbol, saved_params, inputs)
+    assert len(before) == len(after)
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b), "round trip changed the model's output bits"
+    return graph
+
+
+@pytest.mark.parametrize("name", ["lenet_digits", "resnet_digits", "lenet_random", "resnet_bn_random"])
+def test_fixture_round_trip_is_bit_identical(name, tmp_path):
+    symbol_path, params_path = build.fixture_path(name)
+    shape = tuple(json.loads(symbol_path.with_name(f"{name}.json").read_text())["input_shape"])
+    graph = assert_round_trip_identical(symbol_path, params_path, shape, tmp_path)
+    for node in graph.nodes():
+        for tensor_type in node.outputs:
+            assert tensor_type.known, f"{node.name} has an unknown shape or dtype after loading"
+
+
+ZOO_FAST = ["resnet18_v1", "mobilenet0.25", "squeezenet1.1"]
+
+
+@pytest.mark.parametrize("name", ZOO_FAST)
+def test_zoo_round_trip_is_bit_identical(name, tmp_path):
+    symbol_path, params_path, shape = zoo.export_zoo_model(name)
+    assert_round_trip_identical(symbol_path, params_path, shape, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in zoo.ZOO_NAMES if n not in ZOO_FAST])
+def test_every_zoo_architecture_round_trips_bit_identical(name, tmp_path):
+    symbol_path, params_path, shape = zoo.export_zoo_model(name)
+    assert_round_trip_identical(symbol_path, params_path, shape, tmp_path)
+
+
+def test_saved_json_keeps_every_attribute_verbatim(tmp_path):
+    symbol_path, params_path, shape = zoo.export_zoo_model("resnet18_v1")
+    original = json.loads(symbol_path.read_text())
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
+    written = graph_to_dict(graph)
+    assert [n["name"] for n in written["nodes"]] == [n["name"] for n in original["nodes"]]
+    for before, after in zip(original["nodes"], written["nodes"]):
+        assert before["op"] == after["op"]
+        assert before.get("attrs", {}) == after.get("attrs", {}), before["name"]
+        assert [i[:2] for i in before["inputs"]] == [i[:2] for i in after["inputs"]]
+    assert written["heads"] == original["heads"]
+
+
+def test_attributes_are_typed_and_defaults_come_from_mxnet():
+    data = mx.sym.Variable("data")
+    conv = mx.sym.Convolution(data, kernel=(3, 3), num_filter=8, pad=(1, 1), name="conv")
+    bn = mx.sym.BatchNorm(conv, name="bn")  # eps, fix_gamma left to MXNet's defaults
+    pool = mx.sym.Pooling(bn, kernel=(2, 2), pool_type="avg", pooling_convention="full", name="pool")
+    graph = graphopt.mxnet_io.graph_from_json(pool.tojson())
+    assert graph.node("conv").attrs == {"kernel": (3, 3), "num_filter": 8, "pad": (1, 1)}
+    assert graph.node("pool").attrs["pool_type"] == "avg"
+    assert "eps" not in graph.node("bn").attrs  # only explicit attributes, as in MXNet's JSON
+    from graphopt.schema import attr_or_default
+    # PITFALLS.md (BatchNorm): MXNet's defaults are eps=1e-3 and fix_gamma=True
+    assert attr_or_default("BatchNorm", graph.node("bn").attrs, "fix_gamma") is True
+    assert abs(attr_or_default("BatchNorm", graph.node("bn").attrs, "eps") - 1e-3) < 1e-9
+    # PITFALLS.md (Ops): Deconvolution no_bias defaults to True, Convolution's to False
+    assert attr_or_default("Deconvolution", {}, "no_bias") is True
+    assert attr_or_default("Convolution", {}, "no_bias") is False
+
+
+def test_both_params_formats_load_to_the_same_values():
+    symbol_path, params_path = build.fixture_path("lenet_digits")
+    gluon_params = symbol_path.parent / "lenet_digits.gluon.params"
+    stored_keys = list(mx.nd.load(str(gluon_params)))
+    assert all(":" not in k and "." in k for k in stored_keys), "expected Gluon structural names"
+    shape = {"data": (1, 1, 28, 28)}
+    exported = graphopt.load(symbol_path, params_path, inputs=shape)
+    structural = graphopt.load(symbol_path, gluon_params, inputs=shape)
+    assert exported.params.keys() == structural.params.keys()
+    for name, value in exported.params.items():
+        assert np.array_equal(value, structural.params[name]), name
+
+
+def test_from_block_loads_a_hybrid_block():
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(4, 3, activation="relu"), mx.gluon.nn.BatchNorm(),
+            mx.gluon.nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    x = zoo.seeded_input((2, 3, 8, 8))
+    expected = net(mx.nd.array(x)).asnumpy()
+    graph = graphopt.from_block(net, inputs={"data": (2, 3, 8, 8)})
+    assert graph.input_names == ["data"]
+    assert graph.tensor_type(graph.outputs[0]).shape == (2, 3)
+    assert sorted(n.kind for n in graph.variables()).count("aux") == 2  # BN moving mean/var
+    symbol = graphopt.mxnet_io.to_symbol(graph)
+    args = {k: mx.nd.array(v) for k, v in graph.params.items() if graph.node(k).kind == "param"}
+    aux = {k: mx.nd.array(v) for k, v in graph.params.items() if graph.node(k).kind == "aux"}
+    args["data"] = mx.nd.array(x)
+    out = symbol.bind(mx.cpu(), args, aux_states=aux).forward()[0].asnumpy()
+    assert np.array_equal(out, expected)
+
+
+def test_loading_never_modifies_the_input_files(tmp_path):
+    symbol_path, params_path = build.fixture_path("lenet_digits")
+    before = (symbol_path.read_bytes(), params_path.read_bytes())
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": (1, 1, 28, 28)})
+    with pytest.raises(ValueError):
+        next(iter(graph.params.values()))[...] = 0  # parameters are read-only arrays
+    graphopt.save_mxnet(graph, tmp_path / "copy")
+    assert (symbol_path.read_bytes(), params_path.read_bytes()) == before
