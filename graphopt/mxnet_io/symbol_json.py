@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from graphopt.errors import GraphError, ModelFileError, UnknownOpError
+from graphopt.errors import ModelFileError, UnknownOpError
 from graphopt.ir.graph import Graph, Node, Tensor, TensorType, default_output_names
 from graphopt.schema import format_value, mxnet_schema, parse_value
 
@@ -78,8 +78,7 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
             if op in schema.aliases:
                 op = schema.canonical(op)
             else:
-                unknown.append((name, op))
-                continue
+                unknown.append((name, op))  # reported all together after the walk
         raw = {}
         for key in ("param", "attr", "attrs"):  # older MXNet versions wrote 'param' / 'attr'
             raw.update({k: str(v) for k, v in (entry.get(key) or {}).items()})
