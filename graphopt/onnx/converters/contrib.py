@@ -1,3 +1,360 @@
-"""contrib converters."""
+"""contrib converters: detection ops, sequence ops, attention helpers and small contrib math."""
 
-from graphopt.onnx.context import ConvertContext, Unsupported, converter  # noqa: F401
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphopt.ir.graph import Node
+from graphopt.onnx.context import ConvertContext, Unsupported, converter
+from graphopt.onnx.converters.tensor import (INT64_MAX, INT64_MIN, axis_length, cast, filled,
+                                             input_shape, normalize_axis, reshape, reshape_output,
+                                             runtime_dims, slice_value, typed, unsqueeze)
+
+# --- small contrib math ------------------------------------------------------------------------
+
+@converter("_contrib_div_sqrt_dim")
+def div_sqrt_dim(ctx: ConvertContext, node: Node) -> None:
+    """x / sqrt(size of the last axis)."""
+    dtype = ctx.dtype(node, 0)
+    root = typed(ctx, math.sqrt(input_shape(ctx, node, 0)[-1]), dtype)
+    ctx.emit1("Div", [ctx.input(node, 0), root], ctx.output(node))
+
+
+@converter("_contrib_quadratic")
+def quadratic(ctx: ConvertContext, node: Node) -> None:
+    """a x^2 + b x + c, in MXNet's order of operations."""
+    dtype, x = ctx.dtype(node, 0), ctx.input(node, 0)
+    a, b, c = (typed(ctx, ctx.attr(node, k), dtype) for k in ("a", "b", "c"))
+    square_term = ctx.emit1("Mul", [ctx.emit1("Mul", [a, x]), x])
+    linear = ctx.emit1("Add", [square_term, ctx.emit1("Mul", [b, x])])
+    ctx.emit1("Add", [linear, c], ctx.output(node))
+
+
+# --- sequences: (time, batch, ...) with axis=0, (batch, time, ...) with axis=1 ----------------
+
+def _lengths(ctx: ConvertContext, node: Node) -> str:
+    """Sequence lengths as int64 (MXNet truncates float lengths)."""
+    return cast(ctx, ctx.input(node, 1), "int64")
+
+
+@converter("SequenceMask")
+def sequence_mask(ctx: ConvertContext, node: Node) -> None:
+    """Steps at or beyond a sequence's length become ``value``."""
+    if not ctx.attr(node, "use_sequence_length"):
+        ctx.emit1("Identity", [ctx.input(node, 0)], ctx.output(node))
+        return
+    rank = len(input_shape(ctx, node, 0))
+    axis = normalize_axis(ctx.attr(node, "axis"), rank)
+    steps = ctx.emit1("Range", [ctx.constant(np.int64(0)),
+                                ctx.emit1("Squeeze", [axis_length(ctx, node, 0, axis)]),
+                                ctx.constant(np.int64(1))])
+    # (T, 1) against (1, B) for axis 0; (1, T) against (B, 1) for axis 1
+    steps = unsqueeze(ctx, steps, [1 - axis])
+    lengths = unsqueeze(ctx, _lengths(ctx, node), [axis])
+    inside = ctx.emit1("Less", [steps, lengths])
+    if rank > 2:
+        inside = unsqueeze(ctx, inside, list(range(2, rank)))
+    value = typed(ctx, ctx.attr(node, "value"), ctx.dtype(node, 0))
+    ctx.emit1("Where", [inside, ctx.input(node, 0), value], ctx.output(node))
+
+
+@converter("SequenceLast")
+def sequence_last(ctx: ConvertContext, node: Node) -> None:
+    """The last valid step of each sequence (the last step without lengths)."""
+    rank = len(input_shape(ctx, node, 0))
+    axis = normalize_axis(ctx.attr(node, "axis"), rank)
+    data = ctx.input(node, 0)
+    if not ctx.attr(node, "use_sequence_length"):
+        ctx.emit1("Gather", [data, ctx.constant(np.int64(-1))], ctx.output(node), axis=axis)
+        return
+    if axis == 0:  # batch first, for GatherND's batch_dims
+        data = ctx.emit1("Transpose", [data], perm=[1, 0] + list(range(2, rank)))
+    last = ctx.emit1("Sub", [_lengths(ctx, node), ctx.constant(np.int64(1))])
+    ctx.emit1("GatherND", [data, unsqueeze(ctx, last, [1])], ctx.output(node), batch_dims=1)
+
+
+@converter("SequenceReverse")
+def sequence_reverse(ctx: ConvertContext, node: Node) -> None:
+    """Reverse the first ``length`` steps of each sequence; padding stays in place."""
+    if ctx.attr(node, "axis") != 0:
+        raise Unsupported("SequenceReverse along an axis other than 0")
+    data = ctx.input(node, 0)
+    if ctx.attr(node, "use_sequence_length"):
+        ctx.emit1("ReverseSequence", [data, _lengths(ctx, node)], ctx.output(node),
+                  batch_axis=1, time_axis=0)
+        return
+    slice_value(ctx, data, [-1], [INT64_MIN], [0], [-1], ctx.output(node))
+
+
+# --- regions of interest ---------------------------------------------------------------------
+
+# Opset 22 re-versioned RoiAlign and MaxRoiPool (new types only); onnxruntime 1.32 has no
+# kernel for either version 22, so a model would fail to load: refuse, naming the opset to use.
+ROI_OPS_NEWEST_OPSET = 21
+
+
+def _check_roi_opset(ctx: ConvertContext, op_type: str) -> None:
+    if ctx.opset > ROI_OPS_NEWEST_OPSET:
+        raise Unsupported(f"onnxruntime has no {op_type} kernel for opset {ctx.opset}; export at "
+                          f"opset {ROI_OPS_NEWEST_OPSET} or lower")
+
+
+def _roi_parts(ctx: ConvertContext, node: Node) -> tuple[str, str]:
+    """(boxes (R, 4), batch indices (R,) int64) from MXNet's rois rows [batch, x1, y1, x2, y2]."""
+    rois = ctx.input(node, 1)
+    boxes = slice_value(ctx, rois, [1], [5], [1])
+    batch = ctx.emit1("Gather", [rois, ctx.constant(np.int64(0))], axis=1)
+    return boxes, cast(ctx, batch, "int64")
+
+
+@converter("_contrib_ROIAlign")
+def roi_align(ctx: ConvertContext, node: Node) -> None:
+    """Average RoIAlign. ``aligned`` is the half-pixel convention, which ONNX has from opset 16
+    (where the default changed, so the mode is always written). A negative batch index gives
+    zeros, as MXNet documents (its 1.9.1 CPU kernel leaves that output uninitialised)."""
+    if ctx.attr(node, "position_sensitive"):
+        raise Unsupported("position-sensitive ROIAlign has no ONNX form")
+    _check_roi_opset(ctx, "RoiAlign")
+    aligned = ctx.attr(node, "aligned")
+    if aligned and ctx.opset < 16:
+        raise Unsupported("aligned ROIAlign needs opset 16 (coordinate_transformation_mode)")
+    height, width = ctx.attr(node, "pooled_size")
+    boxes, batch = _roi_parts(ctx, node)
+    ignored = ctx.emit1("Less", [batch, ctx.constant(np.int64(0))])
+    safe_batch = ctx.emit1("Max", [batch, ctx.constant(np.int64(0))])
+    mode = {"coordinate_transformation_mode": "half_pixel" if aligned else "output_half_pixel"} \
+        if ctx.opset >= 16 else {}
+    pooled = ctx.emit1("RoiAlign", [ctx.input(node, 0), boxes, safe_batch], mode="avg",
+                       output_height=height, output_width=width,
+                       sampling_ratio=max(ctx.attr(node, "sample_ratio"), 0),
+                       spatial_scale=float(ctx.attr(node, "spatial_scale")), **mode)
+    zero = typed(ctx, 0, ctx.output_dtype(node))
+    ctx.emit1("Where", [unsqueeze(ctx, ignored, [1, 2, 3]), zero, pooled], ctx.output(node))
+
+
+@converter("ROIPooling")
+def roi_pooling(ctx: ConvertContext, node: Node) -> None:
+    _check_roi_opset(ctx, "MaxRoiPool")
+    ctx.emit1("MaxRoiPool", [ctx.input(node, 0), ctx.input(node, 1)], ctx.output(node),
+              pooled_shape=list(ctx.attr(node, "pooled_size")),
+              spatial_scale=float(ctx.attr(node, "spatial_scale")))
+
+
+# --- boxes -----------------------------------------------------------------------------------
+
+def _columns(ctx: ConvertContext, value: str, start: int, count: int = 1) -> list[str]:
+    """Columns ``start..start+count`` of the last axis, each keeping a size-1 last axis."""
+    return [slice_value(ctx, value, [i], [i + 1], [-1]) for i in range(start, start + count)]
+
+
+def _center_to_corner(ctx: ConvertContext, x, y, w, h, dtype) -> list[str]:
+    two = typed(ctx, 2, dtype)
+    half_w, half_h = ctx.emit1("Div", [w, two]), ctx.emit1("Div", [h, two])
+    return [ctx.emit1("Sub", [x, half_w]), ctx.emit1("Sub", [y, half_h]),
+            ctx.emit1("Add", [x, half_w]), ctx.emit1("Add", [y, half_h])]
+
+
+def _corner_to_center(ctx: ConvertContext, left, top, right, bottom, dtype) -> list[str]:
+    two = typed(ctx, 2, dtype)
+    return [ctx.emit1("Div", [ctx.emit1("Add", [left, right]), two]),
+            ctx.emit1("Div", [ctx.emit1("Add", [top, bottom]), two]),
+            ctx.emit1("Sub", [right, left]), ctx.emit1("Sub", [bottom, top])]
+
+
+@converter("_contrib_box_decode")
+def box_decode(ctx: ConvertContext, node: Node) -> None:
+    """Offsets (B, N, 4) against anchors (1, N, 4) -> corner boxes:
+    centre = offset * std * anchor size + anchor centre, size = exp(offset * std) * anchor size,
+    with the size offsets clipped to ``clip`` when it is positive."""
+    dtype = ctx.dtype(node, 0)
+    anchors = _columns(ctx, ctx.input(node, 1), 0, 4)
+    if ctx.attr(node, "format") == "corner":
+        anchors = _corner_to_center(ctx, *anchors, dtype)
+    anchor_x, anchor_y, anchor_w, anchor_h = anchors
+    offsets = _columns(ctx, ctx.input(node, 0), 0, 4)
+    scaled = [ctx.emit1("Mul", [offset, typed(ctx, ctx.attr(node, f"std{i}"), dtype)])
+              for i, offset in enumerate(offsets)]
+    x = ctx.emit1("Add", [ctx.emit1("Mul", [scaled[0], anchor_w]), anchor_x])
+    y = ctx.emit1("Add", [ctx.emit1("Mul", [scaled[1], anchor_h]), anchor_y])
+    clip = float(ctx.attr(node, "clip"))
+    sizes = []
+    for offset, anchor_size in ((scaled[2], anchor_w), (scaled[3], anchor_h)):
+        if clip > 0:
+            offset = ctx.emit1("Min", [offset, typed(ctx, clip, dtype)])
+        sizes.append(ctx.emit1("Mul", [ctx.emit1("Exp", [offset]), anchor_size]))
+    ctx.emit1("Concat", _center_to_corner(ctx, x, y, *sizes, dtype), ctx.output(node), axis=-1)
+
+
+@converter("_contrib_box_nms")
+def box_nms(ctx: ConvertContext, node: Node) -> None:
+    """Greedy NMS with MXNet's output layout: per batch, the kept rows sorted by score
+    (descending, ties in input order), then rows of -1.
+
+    Boxes are candidates when their score exceeds ``valid_thresh``, their class is not
+    ``background_id`` and they are among the ``topk`` best; NonMaxSuppression runs on them, per
+    class (a score column per class id present) unless ``force_suppress`` or no ``id_index``.
+    Class ids are taken as integers. A box with a negative width or height has no area in
+    MXNet; ONNX orders its corners instead (only such malformed boxes can differ)."""
+    shape = input_shape(ctx, node, 0)
+    boxes_per_batch, width = shape[-2:]
+    dtype = ctx.dtype(node, 0)
+    score_index, coord_start, id_index = (ctx.attr(node, k)
+                                          for k in ("score_index", "coord_start", "id_index"))
+    topk, background = ctx.attr(node, "topk"), ctx.attr(node, "background_id")
+    per_class = id_index >= 0 and not ctx.attr(node, "force_suppress")
+    in_format, out_format = ctx.attr(node, "in_format"), ctx.attr(node, "out_format")
+
+    data = reshape(ctx, ctx.input(node, 0), (-1, boxes_per_batch, width))  # (B, N, K)
+    scores = ctx.emit1("Gather", [data, ctx.constant(np.int64(score_index))], axis=2)  # (B, N)
+    boxes = slice_value(ctx, data, [coord_start], [coord_start + 4], [2])
+    lowest = typed(ctx, -np.inf, dtype)
+    valid = ctx.emit1("Greater", [scores, typed(ctx, ctx.attr(node, "valid_thresh"), dtype)])
+    ids = None
+    if id_index >= 0:
+        ids = ctx.emit1("Gather", [data, ctx.constant(np.int64(id_index))], axis=2)
+    if ids is not None and background >= 0:
+        valid = ctx.emit1("And", [valid, ctx.emit1("Not", [ctx.emit1("Equal", [
+            ids, typed(ctx, background, dtype)])])])
+    candidates = ctx.emit1("Where", [valid, scores, lowest])
+    if 0 <= topk < boxes_per_batch:
+        candidates = _only_best(ctx, candidates, topk, boxes_per_batch, lowest)
+    if per_class:
+        class_scores = _scores_per_class(ctx, candidates, ids, valid, lowest)
+    else:
+        class_scores = unsqueeze(ctx, candidates, [1])  # (B, 1, N)
+    if dtype != "float32":  # NonMaxSuppression takes float32 only
+        boxes, class_scores = cast(ctx, boxes, "float32"), cast(ctx, class_scores, "float32")
+    selected = ctx.emit1("NonMaxSuppression", [
+        boxes, class_scores, ctx.int64s([boxes_per_batch]),
+        typed(ctx, [ctx.attr(node, "overlap_thresh")], "float32"),
+        typed(ctx, [ctx.attr(node, "valid_thresh")], "float32")],
+        center_point_box=int(in_format == "center"))
+    # keep[b, n]: selected by NMS; rows then sorted by kept score, others filled with -1
+    batch_and_box = ctx.emit1("Gather", [selected, ctx.int64s([0, 2])], axis=1)
+    nothing = filled(ctx, ctx.emit1("Shape", [scores]), 0, "bool")
+    trues = filled(ctx, runtime_dims(ctx, selected, [0]), 1, "bool")
+    keep = ctx.emit1("ScatterND", [nothing, batch_and_box, trues])
+    order = ctx.emit("TopK", [ctx.emit1("Where", [keep, scores, lowest]),
+                              ctx.int64s([boxes_per_batch])], 2, axis=1, largest=1, sorted=1)[1]
+    rows = ctx.emit1("GatherND", [data, unsqueeze(ctx, order, [2])], batch_dims=1)
+    if in_format != out_format:
+        rows = _convert_format(ctx, rows, coord_start, width, in_format, dtype)
+    kept = unsqueeze(ctx, ctx.emit1("GatherElements", [keep, order], axis=1), [2])
+    result = ctx.emit1("Where", [kept, rows, typed(ctx, -1, dtype)])
+    reshape_output(ctx, node, result, ctx.output(node), source_slot=None)
+
+
+def _only_best(ctx: ConvertContext, candidates: str, topk: int, count: int, lowest: str) -> str:
+    """Keep the ``topk`` best scores of each batch (ties: the earlier box), others to lowest."""
+    order = ctx.emit("TopK", [candidates, ctx.int64s([count])], 2, axis=1, largest=1, sorted=1)[1]
+    ranks_in_order = ctx.emit1("Expand", [ctx.constant(np.arange(count, dtype=np.int64)[None, :],
+                                                       hint="ranks"), ctx.emit1("Shape", [order])])
+    # ranks[b, order[b, j]] = j; order is a permutation, so every element of the template
+    # (order itself) is overwritten
+    ranks = ctx.emit1("ScatterElements", [order, order, ranks_in_order], axis=1)
+    best = ctx.emit1("Less", [ranks, ctx.constant(np.int64(topk))])
+    return ctx.emit1("Where", [best, candidates, lowest])
+
+
+def _scores_per_class(ctx: ConvertContext, candidates: str, ids: str, valid: str, lowest: str) -> str:
+    """(B, C, N) scores, C = the span of class ids among valid boxes: NonMaxSuppression then
+    suppresses only within a class."""
+    class_ids = cast(ctx, ids, "int64")
+    big = ctx.constant(np.int64(INT64_MAX))
+    smallest = ctx.emit1("ReduceMin", [ctx.emit1("Where", [valid, class_ids, big])], keepdims=0)
+    # no valid box at all: any id will do, but not one that overflows the shift below
+    smallest = ctx.emit1("Min", [smallest, ctx.emit1("ReduceMax", [class_ids], keepdims=0)])
+    shifted = ctx.emit1("Sub", [class_ids, smallest])
+    count = ctx.emit1("Add", [ctx.emit1("ReduceMax", [ctx.emit1("Where", [valid, shifted,
+                                                                          ctx.constant(np.int64(0))])],
+                                        keepdims=0), ctx.constant(np.int64(1))])
+    classes = unsqueeze(ctx, ctx.emit1("Range", [ctx.constant(np.int64(0)), count,
+                                                 ctx.constant(np.int64(1))]), [0, 2])  # (1, C, 1)
+    member = ctx.emit1("Equal", [unsqueeze(ctx, shifted, [1]), classes])  # (B, C, N)
+    return ctx.emit1("Where", [member, unsqueeze(ctx, candidates, [1]), lowest])
+
+
+def _convert_format(ctx: ConvertContext, rows: str, coord_start: int, width: int, in_format: str,
+                    dtype: str) -> str:
+    """Re-encode the coordinates of kept rows; like MXNet, a row whose first coordinate is
+    negative is left as it is."""
+    coordinates = _columns(ctx, rows, coord_start, 4)
+    convert = _corner_to_center if in_format == "corner" else _center_to_corner
+    converted = ctx.emit1("Concat", convert(ctx, *coordinates, dtype), axis=-1)
+    untouched = ctx.emit1("Less", [coordinates[0], typed(ctx, 0, dtype)])
+    original = ctx.emit1("Concat", coordinates, axis=-1)
+    coordinates = ctx.emit1("Where", [untouched, original, converted])
+    parts = []
+    if coord_start > 0:
+        parts.append(slice_value(ctx, rows, [0], [coord_start], [-1]))
+    parts.append(coordinates)
+    if coord_start + 4 < width:
+        parts.append(slice_value(ctx, rows, [coord_start + 4], [width], [-1]))
+    return ctx.emit1("Concat", parts, axis=-1) if len(parts) > 1 else coordinates
+
+
+# --- attention over interleaved projections (GluonNLP) ---------------------------------------
+
+def _heads(ctx: ConvertContext, projections: str, heads: int, parts: int, index: int,
+           head_dim: int) -> str:
+    """(T, B, heads * parts * D) interleaved -> part ``index`` as (B, heads, T, D)."""
+    split = ctx.emit1("Reshape", [projections, ctx.int64s([0, 0, heads, parts, head_dim],
+                                                          hint="shape")])
+    chosen = ctx.emit1("Gather", [split, ctx.constant(np.int64(index))], axis=3)
+    return ctx.emit1("Transpose", [chosen], perm=[1, 2, 0, 3])
+
+
+def _shape_tail(ctx: ConvertContext, value: str, lead: list[int], start: int) -> str:
+    """Reshape target: ``lead``, then the sizes of ``value`` from axis ``start`` (run time)."""
+    tail = slice_value(ctx, ctx.emit1("Shape", [value]), [start], [INT64_MAX], [0])
+    return ctx.emit1("Concat", [ctx.int64s(lead, hint="shape"), tail], axis=0)
+
+
+def _attention_scores(ctx: ConvertContext, node: Node, queries: str, keys: str, head_dim: int) -> None:
+    """(B, heads, T, D) queries / sqrt(D) @ keys^T -> (B * heads, T, S)."""
+    queries = ctx.emit1("Div", [queries, typed(ctx, math.sqrt(head_dim), ctx.dtype(node, 0))])
+    keys = ctx.emit1("Transpose", [keys], perm=[0, 1, 3, 2])
+    scores = ctx.emit1("MatMul", [queries, keys])
+    ctx.emit1("Reshape", [scores, _shape_tail(ctx, scores, [-1], 2)], ctx.output(node))
+
+
+def _attend(ctx: ConvertContext, node: Node, values: str, heads: int) -> None:
+    """attention (B * heads, T, S) @ values (B, heads, S, D) -> (T, B, heads * D)."""
+    attention = ctx.input(node, 1)
+    attention = ctx.emit1("Reshape", [attention, _shape_tail(ctx, attention, [-1, heads], 1)])
+    context = ctx.emit1("Transpose", [ctx.emit1("MatMul", [attention, values])], perm=[2, 0, 1, 3])
+    ctx.emit1("Reshape", [context, ctx.int64s([0, 0, -1], hint="shape")], ctx.output(node))
+
+
+@converter("_contrib_interleaved_matmul_selfatt_qk")
+def selfatt_qk(ctx: ConvertContext, node: Node) -> None:
+    heads = ctx.attr(node, "heads")
+    head_dim = input_shape(ctx, node, 0)[-1] // (3 * heads)
+    qkv = ctx.input(node, 0)
+    _attention_scores(ctx, node, _heads(ctx, qkv, heads, 3, 0, head_dim),
+                      _heads(ctx, qkv, heads, 3, 1, head_dim), head_dim)
+
+
+@converter("_contrib_interleaved_matmul_selfatt_valatt")
+def selfatt_valatt(ctx: ConvertContext, node: Node) -> None:
+    heads = ctx.attr(node, "heads")
+    head_dim = input_shape(ctx, node, 0)[-1] // (3 * heads)
+    _attend(ctx, node, _heads(ctx, ctx.input(node, 0), heads, 3, 2, head_dim), heads)
+
+
+@converter("_contrib_interleaved_matmul_encdec_qk")
+def encdec_qk(ctx: ConvertContext, node: Node) -> None:
+    heads = ctx.attr(node, "heads")
+    head_dim = input_shape(ctx, node, 0)[-1] // heads
+    _attention_scores(ctx, node, _heads(ctx, ctx.input(node, 0), heads, 1, 0, head_dim),
+                      _heads(ctx, ctx.input(node, 1), heads, 2, 0, head_dim), head_dim)
+
+
+@converter("_contrib_interleaved_matmul_encdec_valatt")
+def encdec_valatt(ctx: ConvertContext, node: Node) -> None:
+    heads = ctx.attr(node, "heads")
+    head_dim = input_shape(ctx, node, 0)[-1] // (2 * heads)
+    _attend(ctx, node, _heads(ctx, ctx.input(node, 0), heads, 2, 1, head_dim), heads)
+

@@ -1,0 +1,263 @@
+"""A user exports a model using MXNet's contrib and detection-style ops to ONNX and gets what
+MXNet computes: NMS, ROIAlign/ROIPooling, box decoding, sequence ops, attention helpers.
+
+Tolerance and opsets: see onnx_op_harness (1e-5 relative; opsets 13 and 17, and the newest where
+the ONNX form changed: RoiAlign's coordinate mode at 16, PITFALLS.md "opset 16 changed
+ROIAlign's default coordinate mode").
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from graphopt.errors import UnsupportedOpError
+from graphopt.onnx.converters.contrib import ROI_OPS_NEWEST_OPSET
+from conftest import relative_error
+from onnx_op_harness import check, export, load, run_mxnet, run_onnx
+
+x = mx.sym.var("x")
+y = mx.sym.var("y")
+RNG = np.random.default_rng(5)
+
+
+def normal(*shape, dtype="float32"):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+# --- small contrib math ------------------------------------------------------------------------
+
+def test_div_sqrt_dim(tmp_path):
+    check(mx.sym.contrib.div_sqrt_dim(x), tmp_path, {"x": normal(1, 3, 8)},
+          other_batch={"x": normal(3, 3, 8)})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"a": 2.0, "b": -1.5, "c": 0.25}, {"b": 3.0}], ids=str)
+def test_quadratic(attrs, tmp_path):
+    check(mx.sym.contrib.quadratic(x, **attrs) + x, tmp_path, {"x": normal(2, 5)})
+
+
+# --- sequences ---------------------------------------------------------------------------------
+
+SEQUENCE_CASES = [  # data shape, axis, lengths
+    ((5, 3, 2), 0, [2, 5, 1]), ((3, 5, 2), 1, [2, 5, 1]), ((5, 3), 0, [3, 0, 4.7]),
+    ((3, 5, 2, 2), 1, [1, 1, 5]),
+]
+
+
+@pytest.mark.parametrize("shape,axis,lengths", SEQUENCE_CASES, ids=str)
+@pytest.mark.parametrize("value", [0.0, -7.5])
+def test_sequence_mask(shape, axis, lengths, value, tmp_path):
+    lengths = np.array(lengths, dtype="float32")
+    symbol = mx.sym.SequenceMask(x, y, use_sequence_length=True, axis=axis, value=value)
+    check(symbol, tmp_path, {"x": normal(*shape), "y": lengths})
+
+
+@pytest.mark.parametrize("op", ["SequenceMask", "SequenceLast", "SequenceReverse"])
+def test_sequence_ops_without_lengths(op, tmp_path):
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": normal(4, 3, 2)})
+
+
+@pytest.mark.parametrize("shape,axis,lengths", SEQUENCE_CASES, ids=str)
+def test_sequence_last(shape, axis, lengths, tmp_path):
+    lengths = np.array([max(1, length) for length in lengths], dtype="float32")
+    symbol = mx.sym.SequenceLast(x, y, use_sequence_length=True, axis=axis)
+    check(symbol, tmp_path, {"x": normal(*shape), "y": lengths})
+
+
+def test_sequence_last_on_axis_1_without_lengths(tmp_path):
+    check(mx.sym.SequenceLast(x, axis=1), tmp_path, {"x": normal(2, 4, 3)})
+
+
+def test_sequence_ops_keep_the_batch_dynamic(tmp_path):
+    """Batch first (axis=1): the data and the lengths follow the batch together."""
+    mask = mx.sym.SequenceMask(x, y, use_sequence_length=True, axis=1)
+    last = mx.sym.SequenceLast(x, y, use_sequence_length=True, axis=1)
+    check(mx.sym.Group([mask, last]), tmp_path,
+          {"x": normal(1, 4, 2), "y": np.array([3], dtype="float32")},
+          other_batch={"x": normal(3, 4, 2), "y": np.array([1, 4, 2], dtype="float32")})
+
+
+@pytest.mark.parametrize("lengths", [[2, 5, 1], [5, 5, 5], [0, 3, 4]])
+def test_sequence_reverse_keeps_padding_in_place(lengths, tmp_path):
+    symbol = mx.sym.SequenceReverse(x, y, use_sequence_length=True)
+    check(symbol, tmp_path, {"x": normal(5, 3, 2), "y": np.array(lengths, dtype="float32")})
+
+
+# --- regions of interest ---------------------------------------------------------------------
+
+ROIS = np.array([[0, 1.0, 1.0, 6.0, 5.0], [1, 0.5, 2.25, 7.5, 7.0], [0, 3.0, 3.0, 3.4, 3.2],
+                 [1, -1.0, -2.0, 9.0, 4.0]], dtype="float32")
+
+
+@pytest.mark.parametrize("attrs", [
+    {"pooled_size": (2, 2), "spatial_scale": 1.0},
+    {"pooled_size": (3, 2), "spatial_scale": 0.5, "sample_ratio": 2},
+    {"pooled_size": (2, 3), "spatial_scale": 1.0, "sample_ratio": 1},
+], ids=str)
+def test_roi_align(attrs, tmp_path):
+    rois = mx.sym.var("rois")
+    check(mx.sym.contrib.ROIAlign(x, rois, **attrs), tmp_path,
+          {"x": normal(2, 3, 8, 8), "rois": ROIS}, opsets=(13, 17, ROI_OPS_NEWEST_OPSET))
+
+
+def test_roi_align_gives_zeros_for_a_negative_batch_index(tmp_path):
+    """MXNet documents zeros for such a roi; MXNet 1.9.1's CPU kernel instead leaves that roi's
+    output uninitialised and zeroes one element of roi 0 (measured: [0, 0, 1, 0] becomes 0), so
+    the comparison is with MXNet on the other rois and with zeros on this one."""
+    rois = mx.sym.var("rois")
+    symbol = mx.sym.contrib.ROIAlign(x, rois, pooled_size=(2, 2), spatial_scale=1.0)
+    data = normal(2, 3, 8, 8)
+    with_negative = np.concatenate([ROIS, [[-1, 1.0, 1.0, 4.0, 4.0]]]).astype("float32")
+    graph = load(symbol, tmp_path, {"x": data, "rois": with_negative})
+    expected = run_mxnet(symbol, {"x": data, "rois": ROIS}, {})[0]
+    for opset in (13, 17):
+        (result,) = run_onnx(export(graph, opset), {"x": data, "rois": with_negative})
+        assert relative_error(expected, result[:-1]) <= 1e-5
+        assert not result[-1].any()
+
+
+@pytest.mark.parametrize("attrs", [{"pooled_size": (2, 2), "spatial_scale": 1.0},
+                                   {"pooled_size": (3, 3), "spatial_scale": 0.5, "sample_ratio": 2}],
+                         ids=str)
+def test_roi_align_aligned_needs_opset_16(attrs, tmp_path):
+    rois = mx.sym.var("rois")
+    symbol = mx.sym.contrib.ROIAlign(x, rois, aligned=True, **attrs)
+    inputs = {"x": normal(2, 3, 8, 8), "rois": ROIS}
+    check(symbol, tmp_path, inputs, opsets=(16, 17, ROI_OPS_NEWEST_OPSET))
+    with pytest.raises(UnsupportedOpError, match="opset 16"):
+        export(load(symbol, tmp_path, inputs), 13)
+
+
+def test_position_sensitive_roi_align_is_unsupported(tmp_path):
+    rois = mx.sym.var("rois")
+    symbol = mx.sym.contrib.ROIAlign(x, rois, pooled_size=(2, 2), spatial_scale=1.0,
+                                     position_sensitive=True)
+    with pytest.raises(UnsupportedOpError, match="position-sensitive"):
+        export(load(symbol, tmp_path, {"x": normal(1, 8, 6, 6), "rois": ROIS[:2]}), 17)
+
+
+@pytest.mark.parametrize("attrs", [{"pooled_size": (2, 2), "spatial_scale": 1.0},
+                                   {"pooled_size": (3, 2), "spatial_scale": 0.5}], ids=str)
+def test_roi_pooling(attrs, tmp_path):
+    rois = mx.sym.var("rois")
+    check(mx.sym.ROIPooling(x, rois, **attrs), tmp_path,
+          {"x": normal(2, 3, 8, 8), "rois": ROIS}, opsets=(13, 17, ROI_OPS_NEWEST_OPSET))
+
+
+@pytest.mark.parametrize("symbol", [
+    mx.sym.ROIPooling(x, mx.sym.var("rois"), pooled_size=(2, 2), spatial_scale=1.0),
+    mx.sym.contrib.ROIAlign(x, mx.sym.var("rois"), pooled_size=(2, 2), spatial_scale=1.0)])
+def test_roi_ops_refuse_opsets_onnxruntime_cannot_run(symbol, tmp_path):
+    """Opset 22 re-versioned RoiAlign and MaxRoiPool; onnxruntime 1.32 has no kernel for them."""
+    graph = load(symbol, tmp_path, {"x": normal(2, 3, 8, 8), "rois": ROIS})
+    with pytest.raises(UnsupportedOpError, match=f"opset {ROI_OPS_NEWEST_OPSET} or lower"):
+        export(graph, ROI_OPS_NEWEST_OPSET + 1)
+
+
+# --- boxes -------------------------------------------------------------------------------------
+
+def _anchors(count, fmt):
+    centers = RNG.uniform(2, 10, (1, count, 2))
+    sizes = RNG.uniform(1, 4, (1, count, 2))
+    if fmt == "center":
+        return np.concatenate([centers, sizes], axis=-1).astype("float32")
+    return np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=-1).astype("float32")
+
+
+@pytest.mark.parametrize("attrs", [{}, {"format": "corner"},
+                                   {"std0": 0.1, "std1": 0.1, "std2": 0.2, "std3": 0.2},
+                                   {"clip": 0.5, "format": "corner"}], ids=str)
+def test_box_decode(attrs, tmp_path):
+    anchors = mx.sym.var("anchors")
+    offsets = normal(2, 6, 4)
+    check(mx.sym.contrib.box_decode(x, anchors, **attrs), tmp_path,
+          {"x": offsets}, {"anchors": _anchors(6, attrs.get("format", "center"))},
+          other_batch={"x": normal(3, 6, 4)})
+
+
+def _detections(batch, count, classes=3, width=6, seed=0):
+    """Rows [id, score, x1, y1, x2, y2] of overlapping boxes with distinct scores."""
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(0, 6, (batch, count, 2))
+    size = rng.uniform(2, 5, (batch, count, 2))
+    ids = rng.integers(0, classes, (batch, count, 1))
+    scores = rng.permutation(batch * count).reshape(batch, count, 1) / (batch * count) + 0.01
+    rows = [ids, scores, corner, corner + size]
+    if width > 6:
+        rows.append(rng.standard_normal((batch, count, width - 6)))
+    return np.concatenate(rows, axis=-1).astype("float32")
+
+
+NMS_CASES = [
+    {},
+    {"overlap_thresh": 0.3},
+    {"id_index": 0},
+    {"id_index": 0, "force_suppress": True},
+    {"id_index": 0, "background_id": 1},
+    {"topk": 4},
+    {"topk": 3, "id_index": 0, "overlap_thresh": 0.2},
+    {"valid_thresh": 0.4},
+    {"out_format": "center"},
+    {"id_index": 0, "overlap_thresh": 0.1, "valid_thresh": 0.2, "topk": 6},
+]
+
+
+@pytest.mark.parametrize("attrs", NMS_CASES, ids=str)
+def test_box_nms(attrs, tmp_path):
+    check(mx.sym.contrib.box_nms(x, **attrs), tmp_path, {"x": _detections(2, 10)},
+          other_batch={"x": _detections(5, 10, seed=1)})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_box_nms_in_other_float_types(dtype, tmp_path):
+    """NonMaxSuppression takes float32 only: boxes and scores are cast for it, rows are not.
+    (1e-3: float16 rows.)"""
+    data = _detections(2, 6).astype(dtype)
+    check(mx.sym.contrib.box_nms(x, id_index=0), tmp_path, {"x": data}, tolerance=1e-3)
+
+
+def test_box_nms_center_format_and_other_columns(tmp_path):
+    data = _detections(1, 8, width=8)
+    center = data.copy()
+    center[..., 2:4] = (data[..., 2:4] + data[..., 4:6]) / 2
+    center[..., 4:6] = data[..., 4:6] - data[..., 2:4]
+    symbol = mx.sym.contrib.box_nms(x, in_format="center", out_format="corner", id_index=0)
+    check(symbol, tmp_path, {"x": center})
+    check(mx.sym.contrib.box_nms(x, in_format="center"), tmp_path, {"x": center})
+
+
+def test_box_nms_with_columns_in_another_order(tmp_path):
+    data = _detections(1, 8)[..., [2, 3, 4, 5, 1, 0]]  # x1 y1 x2 y2 score id
+    symbol = mx.sym.contrib.box_nms(x, coord_start=0, score_index=4, id_index=5)
+    check(symbol, tmp_path, {"x": data})
+
+
+def test_box_nms_over_several_batch_axes(tmp_path):
+    data = _detections(6, 7).reshape(2, 3, 7, 6)
+    check(mx.sym.contrib.box_nms(x, overlap_thresh=0.4), tmp_path, {"x": data})
+
+
+# --- attention over interleaved projections ----------------------------------------------------
+
+def test_self_attention_from_interleaved_projections(tmp_path):
+    heads, head_dim, time, batch = 2, 3, 4, 2
+    qkv = normal(time, batch, heads * 3 * head_dim)
+    scores = mx.sym.contrib.interleaved_matmul_selfatt_qk(x, heads=heads)
+    attention = mx.sym.softmax(scores, axis=-1)
+    context = mx.sym.contrib.interleaved_matmul_selfatt_valatt(x, attention, heads=heads)
+    check(mx.sym.Group([scores, context]), tmp_path, {"x": qkv},
+          other_batch={"x": normal(2 * time, batch, heads * 3 * head_dim)})
+
+
+def test_encoder_decoder_attention_from_interleaved_projections(tmp_path):
+    heads, head_dim, batch = 2, 3, 2
+    queries = normal(4, batch, heads * head_dim)
+    keys_values = normal(5, batch, heads * 2 * head_dim)
+    scores = mx.sym.contrib.interleaved_matmul_encdec_qk(x, y, heads=heads)
+    context = mx.sym.contrib.interleaved_matmul_encdec_valatt(y, mx.sym.softmax(scores, axis=-1),
+                                                              heads=heads)
+    check(mx.sym.Group([scores, context]), tmp_path, {"x": queries, "y": keys_values},
+          other_batch={"x": normal(8, batch, heads * head_dim),
+                       "y": normal(10, batch, heads * 2 * head_dim)})

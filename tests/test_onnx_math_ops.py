@@ -1,0 +1,417 @@
+"""A user exports a model using MXNet's math ops to ONNX and gets what MXNet computes.
+
+Each case builds a small symbol, writes it to disk with its params, loads it with graphopt,
+exports it at opsets 13 and 17 (and the newest, where the ONNX form of the op changed), runs it
+in onnxruntime and compares with MXNet: max |diff| / max |MXNet| <= 1e-5 (onnx_op_harness).
+PITFALLS.md lines cited: "Comparison and logical ops return 0/1 in the *input* dtype ...",
+"`_rminus_scalar` is `s - x`, `_rdiv_scalar` is `s / x`: decide by op type, never by node name",
+"Reductions have `exclude` ...", "N-D `dot` is a tensordot ... `batch_dot` is the batched one".
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from onnx_op_harness import NEWEST_OPSET, check, load, op_types
+
+x = mx.sym.var("x")
+y = mx.sym.var("y")
+RNG = np.random.default_rng(7)
+
+
+def normal(*shape, dtype="float32", scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(dtype)
+
+
+def uniform(low, high, *shape, dtype="float32"):
+    return RNG.uniform(low, high, shape).astype(dtype)
+
+
+# --- binary ops --------------------------------------------------------------------------------
+
+BINARY = [
+    ("elemwise_add", mx.sym.elemwise_add), ("elemwise_sub", mx.sym.elemwise_sub),
+    ("elemwise_mul", mx.sym.elemwise_mul), ("elemwise_div", mx.sym.elemwise_div),
+    ("_maximum", mx.sym._internal._maximum), ("_minimum", mx.sym._internal._minimum),
+    ("_hypot", mx.sym._internal._hypot), ("_grad_add", mx.sym._internal._grad_add),
+    ("_equal", mx.sym._internal._equal), ("_not_equal", mx.sym._internal._not_equal),
+    ("_greater", mx.sym._internal._greater), ("_greater_equal", mx.sym._internal._greater_equal),
+    ("_lesser", mx.sym._internal._lesser), ("_lesser_equal", mx.sym._internal._lesser_equal),
+    ("_logical_and", mx.sym._internal._logical_and), ("_logical_or", mx.sym._internal._logical_or),
+    ("_logical_xor", mx.sym._internal._logical_xor),
+]
+
+BROADCAST = ["broadcast_add", "broadcast_sub", "broadcast_mul", "broadcast_div", "broadcast_mod",
+             "broadcast_power", "broadcast_maximum", "broadcast_minimum", "broadcast_hypot",
+             "broadcast_equal", "broadcast_not_equal", "broadcast_greater",
+             "broadcast_greater_equal", "broadcast_lesser", "broadcast_lesser_equal",
+             "broadcast_logical_and", "broadcast_logical_or", "broadcast_logical_xor"]
+
+
+def _comparable_pair(shape_a, shape_b, dtype="float32"):
+    """Values from a small set, so that equal elements (and zeros, for the logical ops) occur."""
+    a = RNG.integers(-2, 3, shape_a).astype(dtype)
+    b = RNG.integers(-2, 3, shape_b).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("name,function", BINARY, ids=[b[0] for b in BINARY])
+def test_elementwise_binary_ops_match_mxnet(name, function, tmp_path):
+    a, b = _comparable_pair((2, 3, 4), (2, 3, 4))
+    check(function(x, y), tmp_path, {"x": a, "y": b})
+
+
+@pytest.mark.parametrize("name", BROADCAST)
+def test_broadcast_ops_match_mxnet_and_keep_the_batch_dynamic(name, tmp_path):
+    a, b = _comparable_pair((1, 3, 4), (1, 1, 4))
+    if name in ("broadcast_power",):
+        a = np.abs(a) + 0.5
+    a3, b3 = _comparable_pair((3, 3, 4), (3, 1, 4))
+    if name == "broadcast_power":
+        a3 = np.abs(a3) + 0.5
+    check(getattr(mx.sym, name)(x, y), tmp_path, {"x": a, "y": b}, other_batch={"x": a3, "y": b3})
+
+
+def test_comparisons_on_float_inputs_return_float_zero_one(tmp_path):
+    """PITFALLS: comparison ops return 0/1 in the *input* dtype, not bool."""
+    a, b = _comparable_pair((4, 5), (4, 5))
+    models = check(mx.sym.broadcast_greater(x, y), tmp_path, {"x": a, "y": b})
+    for model in models.values():
+        assert op_types(model)[-1] == "Cast"
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float64"])
+@pytest.mark.parametrize("name", ["broadcast_equal", "broadcast_lesser_equal", "broadcast_logical_xor",
+                                  "broadcast_add", "broadcast_mul", "broadcast_maximum"])
+def test_binary_ops_keep_integer_and_double_dtypes(name, dtype, tmp_path):
+    a, b = _comparable_pair((3, 4), (3, 4), dtype)
+    check(getattr(mx.sym, name)(x, y), tmp_path, {"x": a, "y": b})
+
+
+def test_broadcast_mod_has_the_sign_of_the_divisor_and_zero_for_a_zero_divisor(tmp_path):
+    a = np.array([[5, -5, 5.5, -5.5, 3, 0, 7.25, -7.25]], dtype="float32")
+    b = np.array([[3, 3, -3, -3, 0, 2, -0.5, 2.5]], dtype="float32")
+    check(mx.sym.broadcast_mod(x, y), tmp_path, {"x": a, "y": b})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_mod_and_division_match_mxnet(dtype, tmp_path):
+    """MXNet integer division truncates towards zero; integer mod is Python's, 0 for a zero divisor."""
+    a = np.array([[7, -7, 7, -7, 5, 0]], dtype=dtype)
+    b = np.array([[2, 2, -2, -2, 0, 3]], dtype=dtype)
+    check(mx.sym.broadcast_mod(x, y), tmp_path, {"x": a, "y": b})
+    b_nonzero = np.array([[2, 2, -2, -2, 3, 3]], dtype=dtype)
+    check(mx.sym.broadcast_div(x, y), tmp_path, {"x": a, "y": b_nonzero})
+
+
+def test_add_n_sums_any_number_of_inputs(tmp_path):
+    z = mx.sym.var("z")
+    check(mx.sym.add_n(x, y, z), tmp_path,
+          {"x": normal(2, 3), "y": normal(2, 3), "z": normal(2, 3)})
+
+
+def test_add_n_of_integers(tmp_path):
+    z = mx.sym.var("z")
+    ints = {k: RNG.integers(-9, 9, (2, 3)).astype("int32") for k in "xyz"}
+    check(mx.sym.add_n(x, y, z), tmp_path, ints)
+
+
+# --- scalar ops --------------------------------------------------------------------------------
+
+SCALAR = ["_plus_scalar", "_minus_scalar", "_rminus_scalar", "_mul_scalar", "_div_scalar",
+          "_rdiv_scalar", "_power_scalar", "_rpower_scalar", "_maximum_scalar", "_minimum_scalar",
+          "_mod_scalar", "_rmod_scalar", "_hypot_scalar", "_equal_scalar", "_not_equal_scalar",
+          "_greater_scalar", "_greater_equal_scalar", "_lesser_scalar", "_lesser_equal_scalar",
+          "_logical_and_scalar", "_logical_or_scalar", "_logical_xor_scalar"]
+
+
+def _scalar_input(op, dtype="float32"):
+    if op in ("_power_scalar",):
+        return uniform(0.5, 2, 2, 5, dtype=dtype)
+    if op in ("_rdiv_scalar", "_rmod_scalar"):
+        return (RNG.integers(1, 4, (2, 5)) * RNG.choice([-1, 1], (2, 5))).astype(dtype)
+    return RNG.integers(-3, 4, (2, 5)).astype(dtype)
+
+
+@pytest.mark.parametrize("scalar_value", [2.0, -1.5, 0.0])
+@pytest.mark.parametrize("op", SCALAR)
+def test_scalar_ops_match_mxnet(op, scalar_value, tmp_path):
+    if op in ("_div_scalar", "_mod_scalar") and scalar_value == 0:
+        pytest.skip("division by a zero scalar")
+    if op == "_rpower_scalar" and scalar_value <= 0:
+        scalar_value = 1.5
+    function = getattr(mx.sym._internal, op)
+    check(function(x, scalar=scalar_value), tmp_path, {"x": _scalar_input(op)})
+
+
+@pytest.mark.parametrize("op", ["_rminus_scalar", "_rdiv_scalar", "_rpower_scalar", "_rmod_scalar"])
+def test_reversed_scalar_ops_follow_the_op_type_not_the_node_name(op, tmp_path):
+    """PITFALLS: `_rminus_scalar` is `s - x` whatever the node is called (the bundled exporter
+    reads the order from the name, so a node named 'sub' is reversed wrongly there)."""
+    function = getattr(mx.sym._internal, op)
+    symbol = function(x, scalar=3.0, name="sub")
+    check(symbol, tmp_path, {"x": _scalar_input(op)})
+    # and a forward op whose name looks reversed stays forward
+    forward = mx.sym._internal._minus_scalar(x, scalar=3.0, name="_rminusscalar7")
+    check(forward, tmp_path, {"x": _scalar_input(op)})
+
+
+@pytest.mark.parametrize("op", ["_plus_scalar", "_mul_scalar", "_div_scalar", "_greater_equal_scalar",
+                                "_rdiv_scalar", "_power_scalar"])
+def test_scalar_ops_on_integers_truncate_the_scalar(op, tmp_path):
+    """MXNet applies ``DType(scalar)``: int32 x + 2.5 adds 2, and x >= 1.5 compares with 1."""
+    data = np.array([[1, 2, -3, 4]], dtype="int32")
+    check(getattr(mx.sym._internal, op)(x, scalar=2.5), tmp_path, {"x": data})
+
+
+def test_scalar_ops_keep_float16(tmp_path):
+    data = normal(2, 4, dtype="float16")
+    check(mx.sym._internal._plus_scalar(x, scalar=0.1) * 3, tmp_path, {"x": data}, tolerance=1e-3)
+
+
+# --- unary ops ---------------------------------------------------------------------------------
+
+# op -> input domain (low, high) where MXNet's result is finite
+UNARY = {
+    "abs": (-3, 3), "negative": (-3, 3), "reciprocal": (0.5, 3), "sqrt": (0, 4), "rsqrt": (0.2, 4),
+    "cbrt": (-8, 8), "rcbrt": (0.3, 8), "square": (-3, 3), "exp": (-3, 3), "expm1": (-3, 3),
+    "log": (0.1, 5), "log1p": (-0.9, 5), "log2": (0.1, 5), "log10": (0.1, 5), "sin": (-3, 3),
+    "cos": (-3, 3), "tan": (-1.2, 1.2), "arcsin": (-0.99, 0.99), "arccos": (-0.99, 0.99),
+    "arctan": (-3, 3), "sinh": (-3, 3), "cosh": (-3, 3), "tanh": (-3, 3), "arcsinh": (-3, 3),
+    "arccosh": (1.01, 5), "arctanh": (-0.95, 0.95), "sigmoid": (-5, 5), "relu": (-3, 3),
+    "softsign": (-3, 3), "erf": (-2, 2), "erfinv": (-0.999, 0.999), "ceil": (-3, 3),
+    "floor": (-3, 3), "trunc": (-3, 3), "fix": (-3, 3), "sign": (-3, 3), "round": (-3, 3),
+    "rint": (-3, 3), "degrees": (-3, 3), "radians": (-180, 180), "gamma": (-3.5, 6),
+    "gammaln": (0.05, 20), "logical_not": (-1, 1),
+}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_ops_match_mxnet(op, tmp_path):
+    low, high = UNARY[op]
+    data = uniform(low, high, 1, 4, 25)
+    if op == "logical_not":
+        data = RNG.integers(-1, 2, (1, 4, 25)).astype("float32")
+    if op == "gamma":  # away from the poles at non-positive integers
+        data = np.where(np.abs(data - np.round(data)) < 0.05, data + 0.1, data).astype("float32")
+    other = uniform(low, high, 3, 4, 25)
+    if op == "logical_not":
+        other = RNG.integers(-1, 2, (3, 4, 25)).astype("float32")
+    if op == "gamma":
+        other = np.where(np.abs(other - np.round(other)) < 0.05, other + 0.1, other).astype("float32")
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": data}, other_batch={"x": other})
+
+
+def test_expm1_and_log1p_are_accurate_near_zero(tmp_path):
+    """exp(x) - 1 in float32 has relative error ~1e-3 at x ~ 1e-4; Kahan's forms do not."""
+    data = (uniform(-1, 1, 2, 50) * np.float32(1e-4)).astype("float32")
+    check(mx.sym.expm1(x), tmp_path, {"x": data})
+    check(mx.sym.log1p(x), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("op", ["round", "rint", "fix", "trunc", "ceil", "floor"])
+def test_rounding_at_ties_matches_mxnet(op, tmp_path):
+    """MXNet rounds half away from zero (round) and half down (rint); ONNX Round is half-even."""
+    ties = np.array([[-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 0.49999997, -0.49999997,
+                      2.4999998, 8388609.0, -8388609.0, 0.0, 1e-8]], dtype="float32")
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": ties})
+
+
+@pytest.mark.parametrize("op", ["round", "rint", "ceil", "floor", "fix", "abs", "sign", "negative",
+                                "square"])
+def test_unary_ops_on_integers(op, tmp_path):
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": RNG.integers(-5, 6, (3, 4)).astype("int32")})
+
+
+@pytest.mark.parametrize("a_min,a_max", [(-0.5, 0.5), (0.0, 10.0), (-1.0, -1.0)])
+def test_clip(a_min, a_max, tmp_path):
+    check(mx.sym.clip(x, a_min=a_min, a_max=a_max), tmp_path, {"x": normal(2, 10)})
+
+
+def test_clip_on_integers_truncates_the_bounds(tmp_path):
+    data = RNG.integers(-5, 6, (2, 10)).astype("int32")
+    check(mx.sym.clip(x, a_min=-2.7, a_max=3.9), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"alpha": 0.3, "beta": 0.4}])
+def test_hard_sigmoid(attrs, tmp_path):
+    check(mx.sym.hard_sigmoid(x, **attrs), tmp_path, {"x": normal(2, 30, scale=4)})
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 0.5])
+def test_smooth_l1(sigma, tmp_path):
+    check(mx.sym.smooth_l1(x, scalar=sigma), tmp_path, {"x": normal(2, 30, scale=2)})
+
+
+# --- reductions ---------------------------------------------------------------------------------
+
+REDUCE_ATTRS = [
+    {}, {"axis": 1}, {"axis": -1}, {"axis": (0, 2)}, {"axis": ()}, {"keepdims": True},
+    {"axis": 1, "keepdims": True}, {"axis": 1, "exclude": True}, {"axis": (0, 2), "exclude": True},
+    {"axis": (1,), "exclude": True, "keepdims": True}, {"exclude": True}, {"axis": (0, 1, 2)},
+]
+
+
+@pytest.mark.parametrize("attrs", REDUCE_ATTRS, ids=str)
+@pytest.mark.parametrize("op", ["sum", "mean", "prod", "max", "min", "nansum", "nanprod"])
+def test_reductions_over_the_attribute_space(op, attrs, tmp_path):
+    data = uniform(0.5, 1.5, 2, 3, 4) * RNG.choice([-1, 1], (2, 3, 4)).astype("float32")
+    if op.startswith("nan"):
+        data[0, 1, 2] = np.nan
+        data[1, 0, 0] = np.nan
+    opsets = (13, 17, NEWEST_OPSET)
+    check(getattr(mx.sym, op)(x, **attrs), tmp_path, {"x": data}, opsets=opsets)
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "prod"])
+def test_reductions_keep_the_batch_dynamic(op, tmp_path):
+    symbol = getattr(mx.sym, op)(x, axis=0, exclude=True)
+    check(symbol, tmp_path, {"x": normal(1, 3, 4)}, other_batch={"x": normal(3, 3, 4)})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min", "prod"])
+def test_integer_reductions(op, dtype, tmp_path):
+    data = RNG.integers(-4, 5, (2, 3, 4)).astype(dtype)
+    check(getattr(mx.sym, op)(x, axis=1), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"ord": 1}, {"axis": 1}, {"axis": (0, 2), "ord": 1},
+                                   {"axis": -1, "keepdims": True}, {"keepdims": True},
+                                   {"axis": 1, "out_dtype": "float32"}], ids=str)
+def test_norm(attrs, tmp_path):
+    """(An ``out_dtype`` other than the input's fails in MXNet 1.9.1 itself: 'data type do not
+    match'; only the explicit same dtype is checked.)"""
+    check(mx.sym.norm(x, **attrs), tmp_path, {"x": normal(2, 3, 4)}, opsets=(13, 17, NEWEST_OPSET))
+
+
+@pytest.mark.parametrize("attrs", [{"axes": (1,)}, {"axes": (0, 2), "keepdims": True}, {"axes": (2,)}],
+                         ids=str)
+def test_moments(attrs, tmp_path):
+    mean, variance = mx.sym.moments(x, **attrs)
+    check(mx.sym.Group([mean, variance]), tmp_path, {"x": normal(2, 3, 4)},
+          opsets=(13, 17, NEWEST_OPSET))
+
+
+# --- arg reductions and sorting -----------------------------------------------------------------
+
+def _with_ties(*shape):
+    """Small integers, so that ties occur. MXNet sorts each row with std::sort, which keeps ties
+    in index order (as ONNX TopK does) only for rows of at most 16 elements (insertion sort):
+    the rows here are that short. argmax/argmin always take the first index."""
+    return RNG.integers(0, 4, shape).astype("float32")
+
+
+def _distinct(*shape):
+    """Values without ties, for sorts over the flattened input (longer than 16 elements)."""
+    return RNG.permutation(int(np.prod(shape))).reshape(shape).astype("float32")
+
+
+@pytest.mark.parametrize("attrs", [{}, {"axis": 1}, {"axis": -1, "keepdims": True}, {"axis": 0},
+                                   {"keepdims": True}], ids=str)
+@pytest.mark.parametrize("op", ["argmax", "argmin"])
+def test_argmax_argmin_return_float_first_indices(op, attrs, tmp_path):
+    check(getattr(mx.sym, op)(x, **attrs), tmp_path, {"x": _with_ties(2, 3, 5)})
+
+
+def test_argmax_keeps_the_input_dtype_and_the_batch_dynamic(tmp_path):
+    check(mx.sym.argmax(x, axis=1), tmp_path, {"x": RNG.integers(0, 9, (1, 6)).astype("int32")},
+          other_batch={"x": RNG.integers(0, 9, (3, 6)).astype("int32")})
+
+
+def test_argmax_channel(tmp_path):
+    check(mx.sym.argmax_channel(x), tmp_path, {"x": _with_ties(3, 5)})
+
+
+TOPK_ATTRS = [
+    {}, {"k": 2}, {"k": 2, "ret_typ": "value"}, {"k": 2, "ret_typ": "both"},
+    {"k": 3, "ret_typ": "mask"}, {"k": 2, "is_ascend": True, "ret_typ": "both"},
+    {"k": 0, "ret_typ": "both"}, {"k": 2, "axis": 1, "ret_typ": "both"},
+    {"k": 3, "axis": None, "ret_typ": "both"}, {"k": 2, "dtype": "int32"},
+    {"k": 2, "dtype": "float16"}, {"k": 2, "axis": 0, "ret_typ": "mask"},
+    {"k": 4, "axis": None, "ret_typ": "mask"},
+]
+
+
+@pytest.mark.parametrize("attrs", TOPK_ATTRS, ids=str)
+def test_topk_over_the_attribute_space(attrs, tmp_path):
+    outputs = mx.sym.topk(x, **attrs)
+    symbol = mx.sym.Group(list(outputs)) if attrs.get("ret_typ") == "both" else outputs
+    data = _distinct(2, 3, 6) if "axis" in attrs and attrs["axis"] is None else _with_ties(2, 3, 6)
+    check(symbol, tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"is_ascend": False}, {"axis": 1}, {"axis": None},
+                                   {"dtype": "int64"}], ids=str)
+def test_argsort(attrs, tmp_path):
+    data = _distinct(2, 3, 6) if "axis" in attrs and attrs["axis"] is None else _with_ties(2, 3, 6)
+    check(mx.sym.argsort(x, **attrs), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"is_ascend": False}, {"axis": 0}, {"axis": None}], ids=str)
+def test_sort(attrs, tmp_path):
+    check(mx.sym.sort(x, **attrs), tmp_path, {"x": normal(2, 3, 6)})
+
+
+def test_sort_along_the_batch_axis_stays_dynamic(tmp_path):
+    check(mx.sym.sort(x, axis=0), tmp_path, {"x": normal(2, 5)}, other_batch={"x": normal(4, 5)})
+
+
+# --- matrix products ---------------------------------------------------------------------------
+
+DOT_CASES = [
+    ((3, 4), (4, 5), {}), ((4, 3), (4, 5), {"transpose_a": True}),
+    ((3, 4), (5, 4), {"transpose_b": True}),
+    ((4, 3), (5, 4), {"transpose_a": True, "transpose_b": True}),
+    ((4,), (4,), {}), ((4,), (4, 5), {}), ((3, 4), (4,), {}),
+    ((2, 3, 4), (4, 5), {}),  # the N-D case: a tensordot, not a batched matmul
+    ((2, 3, 4), (4, 5, 6), {}), ((3, 4), (4, 5, 6), {}),
+    ((4, 2, 3), (4, 5), {"transpose_a": True}), ((2, 3, 4), (5, 6, 4), {"transpose_b": True}),
+    ((4, 2, 3), (6, 5, 4), {"transpose_a": True, "transpose_b": True}),
+]
+
+
+@pytest.mark.parametrize("lhs_shape,rhs_shape,attrs", DOT_CASES, ids=str)
+def test_dot_is_a_tensordot(lhs_shape, rhs_shape, attrs, tmp_path):
+    check(mx.sym.dot(x, y, **attrs), tmp_path, {"x": normal(*lhs_shape), "y": normal(*rhs_shape)})
+
+
+@pytest.mark.parametrize("rhs_shape", [(4, 5), (4, 5, 6)])
+def test_dot_keeps_the_batch_dynamic(rhs_shape, tmp_path):
+    weight = mx.sym.var("w")
+    check(mx.sym.dot(x, weight), tmp_path, {"x": normal(1, 3, 4)}, {"w": normal(*rhs_shape)},
+          other_batch={"x": normal(3, 3, 4)})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transpose_a": True}, {"transpose_b": True},
+                                   {"transpose_a": True, "transpose_b": True}], ids=str)
+def test_batch_dot(attrs, tmp_path):
+    lhs = (2, 4, 3) if attrs.get("transpose_a") else (2, 3, 4)
+    rhs = (2, 5, 4) if attrs.get("transpose_b") else (2, 4, 5)
+    check(mx.sym.batch_dot(x, y, **attrs), tmp_path, {"x": normal(*lhs), "y": normal(*rhs)},
+          other_batch={"x": normal(3, *lhs[1:]), "y": normal(3, *rhs[1:])})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transpose_a": True, "alpha": 2.5}, {"transpose_b": True}],
+                         ids=str)
+def test_linalg_gemm2(attrs, tmp_path):
+    lhs = (2, 4, 3) if attrs.get("transpose_a") else (2, 3, 4)
+    rhs = (2, 5, 4) if attrs.get("transpose_b") else (2, 4, 5)
+    check(mx.sym.linalg.gemm2(x, y, **attrs), tmp_path, {"x": normal(*lhs), "y": normal(*rhs)})
+
+
+def test_linalg_gemm(tmp_path):
+    c = mx.sym.var("c")
+    check(mx.sym.linalg.gemm(x, y, c, alpha=0.5, beta=2.0, transpose_b=True), tmp_path,
+          {"x": normal(2, 3, 4), "y": normal(2, 5, 4), "c": normal(2, 3, 5)})
+
+
+def test_linalg_gemm2_on_another_row_axis_is_unsupported(tmp_path):
+    from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported
+    graph = load(mx.sym.linalg.gemm2(x, y, axis=-3), tmp_path,
+                 {"x": normal(3, 2, 4), "y": normal(4, 2, 5)})
+    node = graph.op_nodes("_linalg_gemm2")[0]
+    with pytest.raises(Unsupported, match="axis"):
+        CONVERTERS[node.op](ConvertContext(graph, 17), node)
