@@ -59,9 +59,10 @@ def onnx_dtype(dtype: str | np.dtype) -> int:
 class ConvertContext:
     """State of one conversion: the source graph, the target opset and the ONNX graph being built."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, dynamic_batch: bool = True):
         self.graph = graph
         self.opset = opset
+        self.dynamic_batch = dynamic_batch  # axis 0 of the inputs is left to the runtime
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self._names: set[str] = set()
