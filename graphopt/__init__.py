@@ -26,9 +26,19 @@ _check_numpy()
 
 from graphopt.ir import Graph, Node, Tensor, TensorType  # noqa: E402  (after the numpy check)
 from graphopt.mxnet_io import from_block, load, save_mxnet  # noqa: E402
+from graphopt.onnx import to_onnx  # noqa: E402
+from graphopt.compare import compare  # noqa: E402
+from graphopt.analysis import inspect_graph  # noqa: E402
+import graphopt.rewrite as _rewrite_package  # noqa: E402
+
+# ``graphopt.rewrite(graph)`` is the engine's entry point (issue 4). The name is also the
+# subpackage's: after this line ``graphopt.rewrite`` is the function, while
+# ``from graphopt.rewrite import format_report`` still finds the package in sys.modules.
+rewrite = _rewrite_package.rewrite
 
 __version__ = "0.1.0"
 
-__all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_mxnet",
+__all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_mxnet", "to_onnx",
+           "compare", "rewrite", "inspect_graph",
            "GraphoptError", "ModelFileError", "UnknownOpError", "ParameterError", "ShapeError",
            "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError"]

@@ -308,6 +308,20 @@ class Graph:
             old = node.attrs.pop(key)
             self._record(lambda: node.attrs.__setitem__(key, old))
 
+    def set_output_types(self, name: str, types: list[TensorType]) -> None:
+        """Record new output shapes/dtypes of ``name`` (after a local re-inference)."""
+        node = self.node(name)
+        old = node.outputs
+        node.outputs = [_copy.copy(t) for t in types]
+        self._record(lambda: setattr(node, "outputs", old))
+
+    def set_provenance(self, name: str, rule: str | None, origin: Iterable[str]) -> None:
+        """Record that rule ``rule`` made (or remade) ``name`` from the loaded nodes ``origin``."""
+        node = self.node(name)
+        old_rule, old_origin = node.rule, node.origin
+        node.rule, node.origin = rule, tuple(origin)
+        self._record(lambda: (setattr(node, "rule", old_rule), setattr(node, "origin", old_origin)))
+
     def set_input(self, consumer: str, slot: int, tensor: Tensor) -> None:
         """Make ``consumer`` read ``tensor`` at ``slot`` (replacing what it read there)."""
         old = self.input_of(consumer, slot)

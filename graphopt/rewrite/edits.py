@@ -1,0 +1,228 @@
+"""Carrying out a rule's ``edits`` on the graph, through the graph's own edit vocabulary.
+
+Each verb is one small method of :class:`~graphopt.ir.Graph` (the FX lesson), so producers and
+consumers stay consistent and every change is journaled for rollback:
+
+    set_input       make a slot read a tensor, or a new parameter holding a computed array
+    replace_uses    every reader of one tensor (and the graph outputs) reads another
+    set_attr        set attributes, literal (``attrs``) or computed (``attrs_from``)
+    add_node        add an op node
+    add_param       add a parameter holding a computed array
+    insert_on_edge  put an op between a tensor and all its readers
+    erase           remove a node nothing reads
+
+Afterwards the matched nodes and parameters that nothing reads any more are erased, and every
+node the rule made or changed records the rule and the loaded nodes it stands for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphopt.errors import GraphError
+from graphopt.ir.graph import Graph, Tensor, TensorType
+from graphopt.rewrite.match import Match, readers, slot_name
+from graphopt.rewrite.rules import Edit, Rule
+from graphopt.rewrite.validate import visible_outputs
+from graphopt.schema import format_value, mxnet_schema
+
+
+@dataclass
+class EditSummary:
+    added: list[str] = field(default_factory=list)        # new nodes (ops and parameters)
+    changed: set[str] = field(default_factory=set)        # existing ops whose inputs/attrs changed
+    erased: list[str] = field(default_factory=list)
+    neighbours: set[str] = field(default_factory=set)     # producers whose readers changed
+    replaced: list[tuple[str, TensorType, Tensor]] = field(default_factory=list)
+
+
+class EditRun:
+    def __init__(self, graph: Graph, rule: Rule, match: Match, values: dict[str, Any]):
+        self.graph, self.rule, self.match, self.values = graph, rule, match, values
+        self.new: dict[str, Tensor] = {}
+        self.remade: set[str] = set()   # existing nodes whose inputs or attributes the rule set
+        self.summary = EditSummary()
+        origin: list[str] = []
+        for name in match.nodes:
+            node = graph.node(name)
+            origin.extend(node.origin or (name,))
+        self.origin = tuple(dict.fromkeys(origin))
+
+    # names -> things -------------------------------------------------------------------------
+
+    def tensor(self, name: str) -> Tensor | None:
+        """The tensor a name stands for; ``"q:1"`` is output 1 of the node bound to ``q``."""
+        if ":" in name:
+            base, index = name.split(":")
+            return Tensor(self.node_name(base), int(index))
+        if name in self.new:
+            return self.new[name]
+        return self.match.tensors[name]
+
+    def node_name(self, name: str) -> str:
+        tensor = self.tensor(name)
+        if tensor is None:
+            raise GraphError(f"{name!r} is bound to an absent optional input")
+        return tensor.node
+
+    def template(self, template: str | None, default: str) -> str:
+        if template is None:
+            return default
+        names = {k: (t.node if t is not None else k) for k, t in
+                 list(self.match.tensors.items()) + list(self.new.items())}
+        return template.format(**names)
+
+    def attrs(self, fields: dict) -> dict:
+        attrs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.get("attrs", {}).items()}
+        for key, name in fields.get("attrs_from", {}).items():
+            attrs[key] = self.values[name]
+        return attrs
+
+    def source(self, name: str, consumer: str, slot: int, kind: str = "param") -> Tensor:
+        """The tensor for ``name``: a bound tensor, or a new parameter for a computed array."""
+        if name in self.values:
+            param_name = f"{consumer}_{slot_name(self.graph.node(consumer).op, slot)}"
+            return Tensor(self.param(self.values[name], param_name, kind), 0)
+        tensor = self.tensor(name)
+        if tensor is None:
+            raise GraphError(f"{name!r} is bound to an absent optional input", node=consumer)
+        return tensor
+
+    def param(self, array: Any, name: str, kind: str) -> str:
+        node = self.graph.add_param(name, np.asarray(array), kind=kind, origin=self.origin,
+                                    rule=self.rule.name)
+        self.summary.added.append(node.name)
+        return node.name
+
+    def owned_param(self, current: Tensor | None, consumer: str, slot: int) -> bool:
+        """``current`` is a parameter that only this slot reads."""
+        if current is None:
+            return False
+        producer = self.graph.node(current.node)
+        return (producer.is_variable and producer.kind in ("param", "aux")
+                and readers(self.graph, current) == [(consumer, slot)]
+                and not self.graph.is_output(current.node))
+
+    # the verbs -------------------------------------------------------------------------------
+
+    def run(self) -> EditSummary:
+        for edit in self.rule.edits:
+            getattr(self, f"do_{edit.verb}")(edit)
+        self.erase_dead()
+        for name in self.remade:  # made again by this rule: it now stands for the matched nodes
+            if name in self.graph:
+                node = self.graph.node(name)
+                origin = tuple(dict.fromkeys((node.origin or (name,)) + self.origin))
+                self.graph.set_provenance(name, self.rule.name, origin)
+        return self.summary
+
+    def do_set_input(self, edit: Edit) -> None:
+        consumer = self.node_name(edit.target)
+        slot = edit.fields["slot"]
+        if isinstance(slot, str):
+            slot = mxnet_schema()[self.graph.node(consumer).op].inputs.index(slot)
+        to = edit.fields["to"]
+        current = self.graph.input_of(consumer, slot)
+        if to in self.values and self.owned_param(current, consumer, slot):
+            # give the parameter its new value: it keeps its name (and no other node sees it)
+            self.graph.set_param(current.node, np.asarray(self.values[to]))
+        else:
+            kind = "aux" if current is not None and self.graph.node(current.node).kind == "aux" else "param"
+            if current is not None:
+                self.summary.neighbours.add(current.node)
+            self.graph.set_input(consumer, slot, self.source(to, consumer, slot, kind))
+        self.summary.changed.add(consumer)
+        self.remade.add(consumer)
+
+    def do_replace_uses(self, edit: Edit) -> None:
+        old = self.tensor(edit.target)
+        new = self.tensor(edit.fields["by"])
+        if old is None or new is None:
+            raise GraphError(f"replace_uses: {edit.target!r} or {edit.fields['by']!r} is absent")
+        self.summary.replaced.append((old.node, self.graph.tensor_type(old), new))
+        reading = [c for c, _slot in readers(self.graph, old) if c != new.node]
+        self.graph.replace_all_uses(old, new)
+        self.summary.changed.update(reading)
+        self.summary.neighbours.add(new.node)
+
+    def do_set_attr(self, edit: Edit) -> None:
+        name = self.node_name(edit.target)
+        for key, value in self.attrs(edit.fields).items():
+            self.graph.set_attr(name, key, value)
+        self.summary.changed.add(name)
+        self.remade.add(name)
+
+    def node_args(self, edit: Edit, default_name: str, inputs: int) -> dict:
+        """Name, attributes, provenance and number of outputs of a node an edit adds."""
+        op, attrs = edit.fields["op"], self.attrs(edit.fields)
+        texts = tuple(sorted((k, v if isinstance(v, str) else format_value(v)) for k, v in attrs.items()))
+        return {"name": self.template(edit.fields.get("name"), default_name), "attrs": attrs,
+                "origin": self.origin, "rule": self.rule.name,
+                "num_outputs": visible_outputs(op, texts, inputs)}
+
+    def do_add_node(self, edit: Edit) -> None:
+        op, inputs = edit.fields["op"], edit.fields.get("inputs", [])
+        default = f"{self.match.anchor}_{op.lower().strip('_')}"
+        node = self.graph.add_node(op, [], **self.node_args(edit, default, len(inputs)))
+        self.new[edit.target] = Tensor(node.name, 0)
+        self.summary.added.append(node.name)
+        for slot, source in enumerate(inputs):
+            self.graph.set_input(node.name, slot, self.source(source, node.name, slot))
+
+    def do_add_param(self, edit: Edit) -> None:
+        name = self.template(edit.fields.get("name"), f"{self.match.anchor}_{edit.target}")
+        self.new[edit.target] = Tensor(self.param(self.values[edit.fields["value"]], name, "param"), 0)
+
+    def do_insert_on_edge(self, edit: Edit) -> None:
+        tensor = self.tensor(edit.fields["tensor"])
+        op, extra = edit.fields["op"], edit.fields.get("extra_inputs", [])
+        reading = [c for c, _slot in readers(self.graph, tensor)]
+        default = f"{tensor.node}_{op.lower().strip('_')}"
+        node = self.graph.insert_on_edge(tensor, op, **self.node_args(edit, default, 1 + len(extra)))
+        for slot, source in enumerate(extra, start=1):
+            self.graph.set_input(node.name, slot, self.source(source, node.name, slot))
+        self.new[edit.target] = Tensor(node.name, 0)
+        self.summary.added.append(node.name)
+        self.summary.changed.update(reading)
+
+    def do_erase(self, edit: Edit) -> None:
+        name = self.node_name(edit.target)
+        self.summary.neighbours.update(self.graph.nx.pred[name])
+        self.graph.erase_node(name)
+        self.summary.erased.append(name)
+
+    # clean-up --------------------------------------------------------------------------------
+
+    def erase_dead(self) -> None:
+        """Erase matched ops, and parameters they or the edits left unread. Graph inputs and
+        nodes outside the match are never erased."""
+        graph = self.graph
+        candidates = list(dict.fromkeys(self.match.nodes))
+        candidates += [t.node for t in self.match.tensors.values() if t is not None]
+        candidates += list(self.summary.neighbours)
+        pending = list(dict.fromkeys(candidates))
+        matched = set(self.match.nodes)
+        while pending:
+            name = pending.pop(0)
+            if name not in graph:
+                continue
+            node = graph.node(name)
+            erasable = name in matched or (node.is_variable and node.kind in ("param", "aux"))
+            if not erasable or graph.nx.succ[name] or graph.is_output(name):
+                continue
+            producers = list(graph.nx.pred[name])
+            graph.erase_node(name)
+            self.summary.erased.append(name)
+            self.summary.changed.discard(name)
+            self.summary.neighbours.update(producers)
+            pending.extend(producers)
+
+
+def apply_edits(graph: Graph, rule: Rule, match: Match, values: dict[str, Any]) -> EditSummary:
+    return EditRun(graph, rule, match, values).run()
+
+
+__all__ = ["apply_edits", "EditSummary"]

@@ -1,0 +1,82 @@
+"""The named Python functions that rule files may call: guards and tensor math.
+
+A rule file never contains code. It names a guard (``single_consumer(conv)``) or a function
+(``scale, shift = batchnorm_scale_shift(bn, gamma, beta, mean, var)``) registered here, and the
+loader refuses a name that is not registered or a call with the wrong number of arguments.
+
+Contracts
+    guard(*args) -> None | str
+        ``None`` when the rewrite may go ahead, else the reason it may not, written for a user
+        reading ``--explain`` (e.g. ``"conv3_weight is also used by conv7"``).
+    function(*args) -> value, or a tuple of ``len(returns)`` values
+        Tensor math and attribute computations. A function that finds the rewrite does not apply
+        after all raises :class:`NoRewrite` with the reason (the tinygrad "return None" idiom).
+
+Arguments are :class:`~graphopt.rewrite.match.Ref` objects for names the pattern bound (an op
+node, a parameter, any tensor; ``None`` for an absent optional slot), the values of earlier
+``compute`` lines for their names, and plain literals (numbers, strings, booleans).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+
+class NoRewrite(Exception):
+    """Raised by a registered function: this match should not be rewritten, for this reason."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    function: Callable
+    min_args: int
+    max_args: int | None          # None: variadic
+    returns: tuple[str, ...] = ()  # names of the values a function returns (guards: empty)
+
+    @property
+    def doc(self) -> str:
+        return (inspect.getdoc(self.function) or "").split("\n\n")[0].replace("\n", " ")
+
+
+GUARDS: dict[str, Registered] = {}
+FUNCTIONS: dict[str, Registered] = {}
+
+
+def _arity(function: Callable) -> tuple[int, int | None]:
+    low, high = 0, 0
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind == parameter.VAR_POSITIONAL:
+            high = None
+        elif parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            if parameter.default is parameter.empty:
+                low += 1
+            if high is not None:
+                high += 1
+    return low, high
+
+
+def register_guard(function: Callable | None = None, *, name: str | None = None):
+    """Register ``function`` as a guard under its own name (usable as a decorator)."""
+    def register(fn: Callable) -> Callable:
+        key = name or fn.__name__
+        low, high = _arity(fn)
+        GUARDS[key] = Registered(key, fn, low, high)
+        return fn
+    return register(function) if function is not None else register
+
+
+def register_function(function: Callable | None = None, *, name: str | None = None,
+                      returns: tuple[str, ...] | str = "value"):
+    """Register tensor math under its own name. ``returns`` names the value(s) it returns; a
+    ``compute`` line must assign exactly that many names."""
+    names = (returns,) if isinstance(returns, str) else tuple(returns)
+
+    def register(fn: Callable) -> Callable:
+        key = name or fn.__name__
+        low, high = _arity(fn)
+        FUNCTIONS[key] = Registered(key, fn, low, high, names)
+        return fn
+    return register(function) if function is not None else register

@@ -1,0 +1,127 @@
+"""The rules' own test vectors: tiny graphs written as data in the rule files, built with
+MXNet, rewritten with the one rule, and checked against MXNet's outputs before the rewrite.
+
+A test vector (``[[rule.NAME.tests]]``) gives the graph inputs with their shapes, the nodes
+(MXNet creates the parameters a node does not name, e.g. ``conv_weight``; a name that is neither
+a node nor an input is a parameter), the outputs, and what must happen: ``applied`` times the
+rule fires, ``refused_by`` the guard or function (or ``"pattern"``) that must stop it, and
+``remaining`` op counts. Parameters get seeded random values (variances and gammas in
+[0.5, 1.5], so that a fold that ignores them shows); ``params`` fixes some to a constant.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+
+from graphopt.ir.graph import Graph
+from graphopt.mxnet_io.load import load
+from graphopt.rewrite.numeric import relative_error, run_graph, seeded_inputs
+from graphopt.rewrite.rules import Rule
+
+
+@dataclass
+class VectorResult:
+    rule: str
+    name: str
+    applied: int
+    relative_error: float
+    outcomes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _mxnet_op(op: str):
+    function = getattr(mx.sym, op, None) or getattr(mx.sym._internal, op, None)
+    if function is None:
+        raise ValueError(f"mxnet.sym has no function for op {op!r}")
+    return function
+
+
+def _random_value(name: str, shape: tuple, rng: np.random.RandomState) -> np.ndarray:
+    if name.endswith(("_var", "gamma")):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if name.endswith(("_mean", "beta", "bias")):
+        return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+    return rng.normal(0.0, 0.5, shape).astype(np.float32)
+
+
+def build_vector_symbol(vector: dict) -> mx.sym.Symbol:
+    built: dict[str, mx.sym.Symbol] = {}
+
+    def tensor(name: str) -> mx.sym.Symbol:
+        if name not in built:
+            built[name] = mx.sym.Variable(name)
+        return built[name]
+
+    for node in vector["nodes"]:
+        attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in node.get("attrs", {}).items()}
+        inputs = [tensor(name) for name in node.get("inputs", [])]
+        built[node["name"]] = _mxnet_op(node["op"])(*inputs, name=node["name"], **attrs)
+    outputs = [tensor(name) for name in vector["outputs"]]
+    return outputs[0] if len(outputs) == 1 else mx.sym.Group(outputs)
+
+
+def build_vector_graph(vector: dict, folder: str | Path, seed: int = 0) -> Graph:
+    """Export the test vector as an MXNet model into ``folder`` and load it, as a user would."""
+    symbol = build_vector_symbol(vector)
+    shapes = {name: tuple(shape) for name, shape in vector["inputs"].items()}
+    arg_shapes, _, aux_shapes = symbol.infer_shape(**shapes)
+    rng = np.random.RandomState(seed)
+    fixed = vector.get("params", {})
+    saved = {}
+    for prefix, names, param_shapes in (("arg", symbol.list_arguments(), arg_shapes),
+                                        ("aux", symbol.list_auxiliary_states(), aux_shapes)):
+        for name, shape in zip(names, param_shapes):
+            if name in shapes:
+                continue
+            value = (np.full(shape, fixed[name], np.float32) if name in fixed
+                     else _random_value(name, tuple(shape), rng))
+            saved[f"{prefix}:{name}"] = mx.nd.array(value)
+    folder = Path(folder)
+    symbol.save(str(folder / "vector-symbol.json"))
+    params_path = None
+    if saved:  # MXNet reads an empty dict back as a list, which no loader accepts
+        params_path = folder / "vector-0000.params"
+        mx.nd.save(str(params_path), saved)
+    return load(folder / "vector-symbol.json", params_path, inputs=shapes, name=vector["name"])
+
+
+def run_test_vector(rule: Rule, vector: dict) -> VectorResult:
+    """Build the vector, rewrite it with ``rule`` alone, and say what does not hold."""
+    from graphopt.rewrite.engine import rewrite  # the engine imports this module's neighbours
+
+    seed = zlib.crc32(f"{rule.name}/{vector['name']}".encode()) & 0x7FFFFFFF
+    with tempfile.TemporaryDirectory(prefix="graphopt-vector-") as folder:
+        graph = build_vector_graph(vector, folder, seed)
+    inputs = seeded_inputs(graph, seed)
+    before = run_graph(graph, inputs)
+    new_graph, report = rewrite(graph, rules=[rule])
+    after = run_graph(new_graph, inputs)
+    error = relative_error(before, after)
+    applied = report.applied(rule.name)
+    result = VectorResult(rule.name, vector["name"], applied, error,
+                          [f"{a.anchor}: {a.outcome} {a.detail}".strip() for a in report.attempts])
+    if error > rule.tolerance:
+        result.problems.append(f"outputs moved by {error:.3e} relative, tolerance {rule.tolerance:.0e}")
+    if "applied" in vector and applied != vector["applied"]:
+        result.problems.append(f"fired {applied} times, expected {vector['applied']}")
+    refused_by = vector.get("refused_by")
+    if refused_by is not None:
+        wanted = ("mismatch",) if refused_by == "pattern" else ("guard", "declined")
+        if not any(a.outcome in wanted and (refused_by == "pattern" or a.detail.startswith(refused_by))
+                   for a in report.attempts):
+            result.problems.append(f"expected a refusal by {refused_by}; attempts: {result.outcomes}")
+    for op, count in vector.get("remaining", {}).items():
+        actual = report.ops_after.get(op, 0)
+        if actual != count:
+            result.problems.append(f"{actual} {op} remain, expected {count}")
+    return result
