@@ -377,15 +377,20 @@ class Graph:
                 self.nx.add_edge(src, name, key=slot, index=index)
         self._record(undo)
 
-    def erase_dead(self) -> list[str]:
-        """Erase every node the outputs do not depend on; returns their names."""
-        live = set()
+    def live_nodes(self) -> set[str]:
+        """Names of the nodes the graph outputs depend on."""
+        live: set[str] = set()
         stack = [t.node for t in self.outputs]
         while stack:
             name = stack.pop()
             if name not in live:
                 live.add(name)
                 stack.extend(self.nx.predecessors(name))
+        return live
+
+    def erase_dead(self) -> list[str]:
+        """Erase every node the outputs do not depend on; returns their names."""
+        live = self.live_nodes()
         dead = [n for n in reversed(self.topological_order()) if n not in live]
         for name in dead:
             self.erase_node(name)

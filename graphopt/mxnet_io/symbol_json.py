@@ -126,7 +126,10 @@ def graph_to_dict(graph: Graph) -> dict:
         if row_ptr is not None:
             total = node.total_outputs if node.total_outputs is not None else (
                 node.num_outputs if not _has_hidden_outputs(node.op) else None)
-            row_ptr = None if total is None else row_ptr + [row_ptr[-1] + total]
+            if total is None:
+                row_ptr = None
+            else:
+                row_ptr.append(row_ptr[-1] + total)  # append: `row_ptr + [...]` was O(n^2)
     result = {"nodes": nodes, "arg_nodes": arg_nodes}
     if row_ptr is not None:
         result["node_row_ptr"] = row_ptr

@@ -57,7 +57,7 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = DE
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported: choose one from {MIN_OPSET} to "
                          f"{MAX_OPSET}")
-    live = _live_nodes(graph)
+    live = graph.live_nodes()
     inputs = [node for node in graph.variables("input") if node.name in live]
     _check_input_types(graph, inputs)
 
@@ -93,18 +93,6 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = DE
     if path is not None:
         save(model, path)
     return model
-
-
-def _live_nodes(graph: Graph) -> set[str]:
-    """Names of the nodes the outputs depend on (dead nodes are not converted)."""
-    live: set[str] = set()
-    stack = [tensor.node for tensor in graph.outputs]
-    while stack:
-        name = stack.pop()
-        if name not in live:
-            live.add(name)
-            stack.extend(graph.nx.predecessors(name))
-    return live
 
 
 def _check_input_types(graph: Graph, inputs: list[Node]) -> None:

@@ -218,6 +218,18 @@ class _RuleParser:
     def fail(self, message: str, key: str) -> RuleError:
         return RuleError(message, file=self.file, rule=self.name, key=key)
 
+    def check_keys(self, table: dict, known: set[str], key: str | None = None,
+                   required: Iterable[str] = ()) -> None:
+        """Refuse keys of ``table`` outside ``known`` and missing ``required`` ones, naming the key."""
+        prefix = f"{key}." if key else ""
+        unknown = set(table) - known
+        if unknown:
+            raise self.fail(f"unknown key (known: {', '.join(sorted(known))})",
+                            f"{prefix}{sorted(unknown)[0]}")
+        for name in required:
+            if name not in table:
+                raise self.fail("missing required key", f"{prefix}{name}")
+
     def get(self, key: str, kind: type | tuple, default: Any = None, required: bool = False):
         if key not in self.table:
             if required:
@@ -234,9 +246,7 @@ class _RuleParser:
             raise self.fail("a rule name is an identifier (letters, digits, _)", "rule")
         if not isinstance(self.table, dict):
             raise self.fail("a rule is a table", "rule")
-        unknown = set(self.table) - RULE_KEYS
-        if unknown:
-            raise self.fail(f"unknown key (known: {', '.join(sorted(RULE_KEYS))})", sorted(unknown)[0])
+        self.check_keys(self.table, RULE_KEYS)
         description = self.get("description", str, required=True).strip()
         if not description or "\n" in description:
             raise self.fail("the description is one line stating the identity", "description")
@@ -313,12 +323,7 @@ class _RuleParser:
                 raise self.fail("a pattern name is an identifier", key)
             if not isinstance(entry, dict):
                 raise self.fail("a pattern node is a table { op = ..., inputs = [...] }", key)
-            unknown = set(entry) - PATTERN_NODE_KEYS
-            if unknown:
-                raise self.fail(f"unknown key (known: {', '.join(sorted(PATTERN_NODE_KEYS))})",
-                                f"{key}.{sorted(unknown)[0]}")
-            if "op" not in entry:
-                raise self.fail("missing required key", f"{key}.op")
+            self.check_keys(entry, PATTERN_NODE_KEYS, key, required=["op"])
             ops = entry["op"] if isinstance(entry["op"], list) else [entry["op"]]
             specs = [self.op_spec(op, f"{key}.op") for op in ops]
             inputs = entry.get("inputs", [])
@@ -531,13 +536,7 @@ class _RuleParser:
     def parse_test(self, test: Any, key: str) -> dict:
         if not isinstance(test, dict):
             raise self.fail("a test vector is a table", key)
-        unknown = set(test) - TEST_KEYS
-        if unknown:
-            raise self.fail(f"unknown key (known: {', '.join(sorted(TEST_KEYS))})",
-                            f"{key}.{sorted(unknown)[0]}")
-        for required in ("name", "inputs", "nodes", "outputs"):
-            if required not in test:
-                raise self.fail("missing required key", f"{key}.{required}")
+        self.check_keys(test, TEST_KEYS, key, required=["name", "inputs", "nodes", "outputs"])
         inputs = test["inputs"]
         if not isinstance(inputs, dict) or not all(
                 isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s)
@@ -551,11 +550,7 @@ class _RuleParser:
             node_key = f"{key}.nodes[{i}]"
             if not isinstance(node, dict):
                 raise self.fail("a node is a table { name, op, inputs, attrs }", node_key)
-            unknown = set(node) - TEST_NODE_KEYS
-            if unknown:
-                raise self.fail("unknown key", f"{node_key}.{sorted(unknown)[0]}")
-            if "name" not in node or "op" not in node:
-                raise self.fail("a node needs name and op", node_key)
+            self.check_keys(node, TEST_NODE_KEYS, node_key, required=["name", "op"])
             spec = self.op_spec(node["op"], f"{node_key}.op")
             self.check_attrs([spec], node.get("attrs", {}), f"{node_key}.attrs")
             node_inputs = node.get("inputs", [])

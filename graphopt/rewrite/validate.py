@@ -27,6 +27,7 @@ import numpy as np
 
 from graphopt.errors import GraphError
 from graphopt.ir.graph import Graph, TensorType
+from graphopt.mxnet_io.infer import first_error_line, known_shape
 from graphopt.mxnet_io.symbol_json import format_attrs
 from graphopt.rewrite.match import inputs_in_slot_order
 
@@ -104,19 +105,6 @@ def _local_order(graph: Graph, new: list[str], new_set: set[str]) -> list[str] |
     return order if len(order) == len(new) else None
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).replace("MXNetError: ", "").splitlines()
-             if line.strip() and "Stack trace" not in line]
-    return lines[0] if lines else str(error)
-
-
-def _known(shape) -> tuple[int, ...] | None:
-    """MXNet's legacy shape convention: () or a 0 dimension means "not inferred"."""
-    if shape is None or len(shape) == 0 or any(d == 0 for d in shape):
-        return None
-    return tuple(int(d) for d in shape)
-
-
 def _hashable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
@@ -158,10 +146,10 @@ class LocalShapeInference:
             _, out_shapes, _ = internals.infer_shape_partial(**shapes)
             _, out_types, _ = internals.infer_type_partial(**dtypes)
         except mx.MXNetError as error:
-            return _first_line(error)
+            return first_error_line(error)
         result = []
         for i in outputs:
-            shape = _known(out_shapes[i])
+            shape = known_shape(out_shapes[i])
             if shape is None or out_types[i] is None:
                 return "MXNet cannot infer its output shape from its inputs"
             result.append(TensorType(shape, np.dtype(out_types[i]).name))
