@@ -1,6 +1,7 @@
 """The main job on a bundled model: ``./dev demo`` (``python -m graphopt.demo [PREFIX]``).
 
-Loads the LeNet trained on the handwritten digits (fixtures/models/lenet_digits), prints what
+For each of the models trained on the handwritten digits (fixtures/models/lenet_digits, the
+classic walkthrough's LeNet, and resnet_digits, a small ResNet with BatchNorm), prints what
 ``graphopt inspect`` shows, saves it back and proves MXNet computes the same bits, rewrites it
 with the built-in rules, exports it to ONNX and compares onnxruntime with MXNet on the held-out
 digits. Exits non-zero if any check fails.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import mxnet as mx
@@ -20,7 +22,7 @@ import graphopt
 from graphopt.cli import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "fixtures" / "models" / "lenet_digits"
+DEFAULT_MODELS = [str(REPO / "fixtures" / "models" / name) for name in ("lenet_digits", "resnet_digits")]
 
 
 def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -31,20 +33,30 @@ def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_mxnet(symbol_path: Path, params_path: Path, x: np.ndarray) -> np.ndarray:
-    block = mx.gluon.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path))
+    with warnings.catch_warnings():  # SymbolBlock.imports warns that it cannot type 'data'
+        warnings.simplefilter("ignore", UserWarning)
+        block = mx.gluon.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path))
     return block(mx.nd.array(x)).asnumpy()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="PREFIX of each model")
     args = parser.parse_args(argv)
-    symbol_path, params_path = resolve_model(args.model)
     x, labels = held_out_digits()
+    failures = []
+    for model in args.models:
+        failures += demo_one(model, x, labels)
+    print("\n" + ("demo OK" if not failures else f"demo FAILED: {', '.join(failures)}"))
+    return 1 if failures else 0
+
+
+def demo_one(model: str, x: np.ndarray, labels: np.ndarray) -> list[str]:
+    symbol_path, params_path = resolve_model(model)
     shape = (1,) + x.shape[1:]
     failures = []
 
-    print(f"== load {symbol_path.name} + {params_path.name}")
+    print(f"\n######## {symbol_path.name}\n== load {symbol_path.name} + {params_path.name}")
     graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
     print(graph.summary())
     from graphopt.analysis import format_inspection, inspect_graph
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out accuracy {accuracy:.4f} on {len(x)} digits; outputs "
               f"{'bit-identical' if identical else 'DIFFER'} after the round trip")
         if not identical:
-            failures.append("round trip")
+            failures.append(f"{graph.name}: round trip")
 
         print("\n== rewrite with the built-in rules")
         from graphopt.rewrite import format_report, rewrite
@@ -72,21 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         error = float(np.max(np.abs(rewritten - before)) / np.max(np.abs(before)))
         print(f"rewritten model vs original in MXNet: relative error {error:.2e}")
         if error > 1e-5:
-            failures.append("rewrite")
+            failures.append(f"{graph.name}: rewrite")
 
         print("\n== export to ONNX and compare with MXNet in onnxruntime")
         from graphopt.compare import compare
         from graphopt.onnx import to_onnx
-        onnx_path = folder / "lenet_digits.onnx"
+        onnx_path = folder / f"{graph.name}.onnx"
         to_onnx(optimized, path=onnx_path)
         comparison = compare(symbol_path, params_path, onnx_path, data={"data": x},
                              per_layer=False)
         print(comparison.format())
         if not comparison.ok:
-            failures.append("onnx comparison")
-
-    print("\n" + ("demo OK" if not failures else f"demo FAILED: {', '.join(failures)}"))
-    return 1 if failures else 0
+            failures.append(f"{graph.name}: onnx comparison")
+    return failures
 
 
 if __name__ == "__main__":
