@@ -110,8 +110,9 @@ def cmd_rules(args) -> int:
     if args.json:
         _print_json(rules)
         return 0
+    width = max((len(rule["name"]) for rule in rules), default=0)
     for rule in rules:
-        print(f"{rule['name']:<32} [{rule['phase']}] anchor {rule['anchor']}: {rule['description']}")
+        print(f"{rule['name']:<{width}}  [{rule['phase']}] anchor {rule['anchor']}: {rule['description']}")
     return 0
 
 

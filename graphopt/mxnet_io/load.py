@@ -43,6 +43,8 @@ def read_params(params_path: str | os.PathLike) -> dict[str, np.ndarray]:
     except mx.MXNetError as error:
         raise ModelFileError(f"cannot read params file (truncated or not an MXNet params file): "
                              f"{str(error).splitlines()[0]}", file=str(path)) from None
+    if isinstance(loaded, list) and not loaded:
+        return {}  # MXNet reads a file saved from an empty dict back as an empty list
     if not isinstance(loaded, dict):
         raise ModelFileError("params file holds unnamed arrays; graphopt needs names",
                              file=str(path))
