@@ -12,7 +12,9 @@ from typing import Iterator
 @contextlib.contextmanager
 def atomic_paths(*targets: str | os.PathLike) -> Iterator[list[Path]]:
     """Yield temporary paths beside ``targets``; when the block succeeds each is renamed onto
-    its target (``os.replace``, atomic per file), when it fails they are removed."""
+    its target (``os.replace``, atomic per file), when it fails they are removed. Every file is
+    complete before the first rename, so only a failure between renames (a crash, not an
+    exception of the writer) could pair a new file with an old one."""
     finals = [Path(t) for t in targets]
     temps = []
     try:
@@ -22,12 +24,20 @@ def atomic_paths(*targets: str | os.PathLike) -> Iterator[list[Path]]:
             os.close(handle)
             temps.append(Path(temp))
         yield temps
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give what open() would have
         for temp, final in zip(temps, finals):
+            os.chmod(temp, mode)
             os.replace(temp, final)
     finally:
         for temp in temps:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:

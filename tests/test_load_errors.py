@@ -149,3 +149,40 @@ def test_numpy_guard_refuses_numpy_124(monkeypatch):
     monkeypatch.setattr(np, "__version__", "1.24.0")
     with pytest.raises(graphopt.EnvironmentMismatchError, match="numpy < 1.24"):
         graphopt._check_numpy()
+
+
+def test_aux_state_of_the_wrong_shape_names_node_and_op(tmp_path):
+    """MXNet ignores the shapes it is given for aux states; graphopt must not."""
+    symbol_path, params_path = build.fixture_path("resnet_digits")
+    symbol_copy, params_copy = tmp_path / symbol_path.name, tmp_path / params_path.name
+    shutil.copy(symbol_path, symbol_copy)
+    shutil.copy(params_path, params_copy)
+    arrays = mx.nd.load(str(params_copy))
+    aux = next(k for k in arrays if k.startswith("aux:") and k.endswith("running_var"))
+    arrays[aux] = mx.nd.ones((7,))
+    mx.nd.save(str(params_copy), arrays)
+    with pytest.raises(graphopt.ParameterError) as error:
+        graphopt.load(symbol_copy, params_copy, inputs=LENET_INPUT)
+    assert error.value.op == "BatchNorm" and "(7,)" in str(error.value)
+
+
+def test_malformed_graph_output_names_the_file(lenet):
+    symbol_path, params_path = lenet
+    data = json.loads(symbol_path.read_text())
+    data["heads"] = [[]]
+    symbol_path.write_text(json.dumps(data))
+    with pytest.raises(graphopt.ModelFileError, match="graph output"):
+        graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+
+
+def test_a_forgotten_second_input_is_not_called_a_parameter(tmp_path):
+    data, mask = mx.sym.Variable("data"), mx.sym.Variable("mask")
+    out = mx.sym.broadcast_mul(mx.sym.FullyConnected(data, num_hidden=4, name="fc"), mask, name="masked")
+    symbol_path = tmp_path / "masked-symbol.json"
+    symbol_path.write_text(out.tojson())
+    params_path = tmp_path / "masked-0000.params"
+    mx.nd.save(str(params_path), {"arg:fc_weight": mx.nd.ones((4, 3)), "arg:fc_bias": mx.nd.zeros(4)})
+    with pytest.raises(graphopt.ShapeError) as error:
+        graphopt.load(symbol_path, params_path, inputs={"data": (2, 3)})
+    assert "'mask'" in str(error.value) and "inputs" in str(error.value)
+    assert error.value.node == "masked"

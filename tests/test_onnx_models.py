@@ -202,3 +202,15 @@ def test_unknown_input_shape_is_refused(tmp_path):
     graph = graphopt.load(tmp_path / "relu-symbol.json")
     with pytest.raises(graphopt.ShapeError, match="inputs="):
         to_onnx(graph)
+
+
+def test_the_same_tensor_twice_among_the_loaded_outputs(tmp_path):
+    """``Group([r, r])``: both outputs carry MXNet's name ``r_output``; ONNX names must be unique."""
+    relu = mx.sym.Activation(mx.sym.var("data"), act_type="relu", name="r")
+    mx.sym.Group([relu, relu]).save(str(tmp_path / "twice-symbol.json"))
+    graph = graphopt.load(tmp_path / "twice-symbol.json", inputs={"data": (2, 3)})
+    model = to_onnx(graph)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.name for o in model.graph.output] == ["r_output", "r_output_1"]
+    first, second = session(model).run(None, {"data": np.array([[-1, 0, 2]] * 2, np.float32)})
+    assert np.array_equal(first, second) and first.max() == 2

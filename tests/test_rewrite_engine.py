@@ -237,3 +237,11 @@ def test_the_edit_vocabulary_can_insert_quantize_dequantize(tmp_path):
     dequantize = quantized.node(quantized.input_of("fc2", 0).node)
     assert dequantize.op == "_contrib_dequantize" and dequantize.rule == "quantize_dense_input"
     assert quantized.tensor_type(quantized.inputs_of(dequantize.name)[0]).dtype == "int8"
+
+
+def test_rewrite_needs_input_shapes_and_says_so():
+    """A model loaded without input shapes cannot be validated rewrite by rewrite."""
+    symbol_path, params_path = build.fixture_path("resnet_digits")
+    graph = graphopt.load(symbol_path, params_path)
+    with pytest.raises(graphopt.ShapeError, match="--input"):
+        graphopt.rewrite(graph)

@@ -7,6 +7,8 @@ computes the same bits. Both params formats MXNet writes must load.
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import mxnet as mx
 import numpy as np
@@ -97,9 +99,13 @@ def test_attributes_are_typed_and_defaults_come_from_mxnet():
     assert attr_or_default("Convolution", {}, "no_bias") is False
 
 
-def test_both_params_formats_load_to_the_same_values():
-    symbol_path, params_path = build.fixture_path("lenet_digits")
-    gluon_params = symbol_path.parent / "lenet_digits.gluon.params"
+@pytest.mark.parametrize("name", ["lenet_digits", "resnet_digits"])
+def test_both_params_formats_load_to_the_same_values(name):
+    """Gluon's save_parameters names parameters by structure; they must land on the same variables
+    as the exported arg:/aux: names, BatchNorm running statistics included (they are aux states,
+    interleaved with the arguments in graph order)."""
+    symbol_path, params_path = build.fixture_path(name)
+    gluon_params = symbol_path.parent / f"{name}.gluon.params"
     stored_keys = list(mx.nd.load(str(gluon_params)))
     assert all(":" not in k and "." in k for k in stored_keys), "expected Gluon structural names"
     shape = {"data": (1, 1, 28, 28)}
@@ -135,5 +141,9 @@ def test_loading_never_modifies_the_input_files(tmp_path):
     graph = graphopt.load(symbol_path, params_path, inputs={"data": (1, 1, 28, 28)})
     with pytest.raises(ValueError):
         next(iter(graph.params.values()))[...] = 0  # parameters are read-only arrays
-    graphopt.save_mxnet(graph, tmp_path / "copy")
+    saved = graphopt.save_mxnet(graph, tmp_path / "copy")
     assert (symbol_path.read_bytes(), params_path.read_bytes()) == before
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in saved:  # written through a temporary file, yet with the usual permissions
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

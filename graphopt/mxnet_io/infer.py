@@ -65,9 +65,13 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     dtypes = {k: v for k, v in dtypes.items() if k in arguments}
 
     try:
-        _, out_shapes, _ = internals.infer_shape_partial(**shapes)
+        arg_shapes, out_shapes, aux_shapes = internals.infer_shape_partial(**shapes)
     except mx.MXNetError as error:
         raise _explain_shape_failure(graph, internals, shapes, error, file) from None
+    # MXNet checks argument shapes against what it infers, but silently ignores given aux shapes
+    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes)
+    if mismatch is not None:
+        raise mismatch
     try:
         _, out_types, _ = internals.infer_type_partial(**dtypes)
     except mx.MXNetError as error:
@@ -102,6 +106,16 @@ def _explain_shape_failure(graph: Graph, internals, shapes: dict, error: Excepti
         arg_shapes, _, aux_shapes = internals.infer_shape_partial(**inputs_only)
     except mx.MXNetError:
         return _error_at(ShapeError, graph, error, "the input shapes do not fit the graph", file)
+    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes)
+    if mismatch is not None:
+        return mismatch
+    return _error_at(ShapeError, graph, error, "shape inference failed", file)
+
+
+def _param_shape_mismatch(graph: Graph, internals, arg_shapes, aux_shapes,
+                          shapes: dict) -> ParameterError | None:
+    """A parameter whose stored shape differs from the one the graph needs, as an error naming
+    the parameter, the node that reads it and both shapes."""
     names = internals.list_arguments() + internals.list_auxiliary_states()
     for name, expected in zip(names, list(arg_shapes) + list(aux_shapes)):
         expected = known_shape(expected)
@@ -112,7 +126,7 @@ def _explain_shape_failure(graph: Graph, internals, shapes: dict, error: Excepti
                 f"parameter {name!r} has shape {shapes[name]} in the params file, but node "
                 f"{consumer!r} ({graph.node(consumer).op}) needs {expected}",
                 file=graph.source.get("params"), node=consumer, op=graph.node(consumer).op)
-    return _error_at(ShapeError, graph, error, "shape inference failed", file)
+    return None
 
 
 def tensor_shapes(graph: Graph) -> dict[Tensor, TensorType]:

@@ -120,7 +120,7 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
     graph.source = {"symbol": str(symbol_path), "params": None if params_path is None else str(params_path)}
     try:
         symbol = mx.sym.load_json(text)
-        argument_names = symbol.list_arguments()
+        input_names = symbol.list_inputs()  # arguments and aux states, in graph order
         aux_names = set(symbol.list_auxiliary_states())
     except mx.MXNetError as error:
         message = str(error).splitlines()[0].replace("MXNetError: ", "")
@@ -129,7 +129,8 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
     stored = {} if params_path is None else read_params(params_path)
     values = {_strip_prefix(k): v for k, v in stored.items()}
     inputs = {k: tuple(int(d) for d in v) for k, v in (inputs or {}).items()}
-    variable_names = [n for n in argument_names + sorted(aux_names) if n in graph]
+    # graph order matters: Gluon structural names are matched to variables by position
+    variable_names = [n for n in input_names if n in graph]
     unknown_inputs = [k for k in inputs if k not in graph or not graph.node(k).is_variable]
     if unknown_inputs:
         raise ShapeError(f"no graph input named {unknown_inputs}; the graph's variables not in the "
@@ -154,10 +155,14 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
             node.kind = "label"
         elif var in aux_names or inputs or _PARAM_SUFFIX.search(var):
             consumer, _slot = graph.consumers(var)[0]
+            op = graph.node(consumer).op
+            if var not in aux_names and not _PARAM_SUFFIX.search(var):
+                raise ShapeError(f"variable {var!r} is neither in the params file nor given a shape "
+                                 f"in inputs (the inputs given: {sorted(inputs)})",
+                                 file=str(symbol_path), node=consumer, op=op)
             where = f"params file {params_path}" if params_path is not None else "the model (no params file given)"
             raise ParameterError(f"parameter {var!r} is missing from {where}",
-                                 file=str(params_path or symbol_path), node=consumer,
-                                 op=graph.node(consumer).op)
+                                 file=str(params_path or symbol_path), node=consumer, op=op)
         else:
             node.kind = "input"
             if dtypes and var in dtypes:

@@ -102,7 +102,8 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
                              file=file, node=unknown[0][0], op=unknown[0][1])
     graph._seq = iter(range(len(names), 1 << 62))
     for ref in data["heads"]:
-        if not isinstance(ref, list) or not isinstance(ref[0], int) or not 0 <= ref[0] < len(names):
+        if not isinstance(ref, list) or len(ref) < 2 or not isinstance(ref[0], int) \
+                or not 0 <= ref[0] < len(names):
             raise ModelFileError(f"graph output {ref!r} refers to no node", file=file)
         graph.outputs.append(Tensor(names[ref[0]], int(ref[1])))
     return graph

@@ -118,7 +118,7 @@ def _unsupported_error(graph: Graph, unsupported: list[dict]) -> UnsupportedOpEr
 def _name_outputs(graph: Graph, context: ConvertContext) -> list[str]:
     """Give every graph output its stable name, adding an Identity where the value has another
     name (or is also a graph input, an initializer or an earlier output)."""
-    names = graph.output_names
+    names = _unique(graph.output_names)
     taken = {node.name for node in graph.variables()} | set(context.initializers)
     done: set[str] = set()
     for name, tensor in zip(names, graph.outputs):
@@ -128,6 +128,20 @@ def _name_outputs(graph: Graph, context: ConvertContext) -> list[str]:
             context.nodes.append(identity)
         done.add(name)
     return names
+
+
+def _unique(names: list[str]) -> list[str]:
+    """The same tensor listed twice as a graph output gets ``name``, then ``name_1``..."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 def _batch_axes(context: ConvertContext, tensor: Tensor) -> frozenset[int]:

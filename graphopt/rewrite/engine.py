@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any, Iterable, Sequence
 
-from graphopt.errors import GraphoptError, RuleError
+from graphopt.errors import RuleError, ShapeError
 from graphopt.ir.graph import Graph
 from graphopt.rewrite.edits import EditSummary, apply_edits
 from graphopt.rewrite.match import Mismatch, Ref, match_rule
@@ -73,6 +73,12 @@ def rewrite(graph: Graph, rules: Sequence[Rule | str] | None = None,
     for phase in phases:
         if phase not in PHASES:
             raise RuleError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}", key="phases")
+    unknown = [node.name for node in graph.variables("input") if not node.outputs[0].known]
+    if unknown:
+        raise ShapeError(f"the shape or dtype of input(s) {unknown} is unknown, and rules validate "
+                         f"every rewrite by shape: load the model with inputs={{name: shape}} "
+                         f"(CLI: --input NAME:SHAPE)", file=graph.source.get("symbol"),
+                         node=unknown[0], op="null")
     return Engine(graph, selected, list(phases), check).run()
 
 
@@ -235,7 +241,7 @@ class Engine:
         try:
             summary = apply_edits(graph, rule, match, values)
             problem = self.validate(rule, summary)
-        except (GraphoptError, KeyError, ValueError, IndexError, TypeError) as error:
+        except Exception as error:  # whatever an edit or the inference raised: undo, carry on
             problem = f"{type(error).__name__}: {error}"
         if problem is not None:
             graph.rollback(mark)
