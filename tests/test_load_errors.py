@@ -186,3 +186,25 @@ def test_a_forgotten_second_input_is_not_called_a_parameter(tmp_path):
         graphopt.load(symbol_path, params_path, inputs={"data": (2, 3)})
     assert "'mask'" in str(error.value) and "inputs" in str(error.value)
     assert error.value.node == "masked"
+
+
+def test_repeated_names_keep_mxnet_semantics(tmp_path):
+    """Two variables named alike are one variable in MXNet; a repeated op name is renamed to a
+    name no other node has, so the outputs keep their names."""
+    nodes = [
+        {"op": "null", "name": "data", "inputs": []},
+        {"op": "Activation", "name": "act", "attrs": {"act_type": "relu"}, "inputs": [[0, 0, 0]]},
+        {"op": "null", "name": "data", "inputs": []},
+        {"op": "Activation", "name": "act", "attrs": {"act_type": "tanh"}, "inputs": [[2, 0, 0]]},
+        {"op": "elemwise_add", "name": "act_1", "inputs": [[1, 0, 0], [3, 0, 0]]},
+    ]
+    path = tmp_path / "dup-symbol.json"
+    path.write_text(json.dumps({"nodes": nodes, "arg_nodes": [0, 2], "heads": [[4, 0, 0]]}))
+    graph = graphopt.load(path, inputs={"data": (2, 3)})
+    assert graph.input_names == ["data"]
+    assert graph.output_names == ["act_1_output"]
+    assert graph.node("act_2").attrs["act_type"] == "tanh"
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    # MXNet's own bind refuses the file (two arguments named "data"); what it means is this:
+    actual = graphopt.mxnet_io.to_symbol(graph).bind(mx.cpu(), {"data": mx.nd.array(x)}).forward()[0]
+    np.testing.assert_allclose(actual.asnumpy(), np.maximum(x, 0) + np.tanh(x), rtol=1e-6)

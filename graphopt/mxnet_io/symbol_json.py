@@ -9,6 +9,7 @@ saves to the same attributes text.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -68,6 +69,9 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
     schema = mxnet_schema()
     graph = Graph()
     names: list[str] = []
+    # Names are meant to be unique. A repeated variable name is one variable (MXNet binds
+    # variables by name); a repeated op name is renamed to a name no node of the file has.
+    reserved = {str(e.get("name")) for e in data["nodes"] if isinstance(e, dict)}
     row_ptr = data.get("node_row_ptr")
     unknown = []
     for index, entry in enumerate(data["nodes"]):
@@ -82,7 +86,14 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
         raw = {}
         for key in ("param", "attr", "attrs"):  # older MXNet versions wrote 'param' / 'attr'
             raw.update({k: str(v) for k, v in (entry.get(key) or {}).items()})
-        unique = graph.unique_name(name)
+        if name in graph.nx and op == "null" and graph.node(name).is_variable:
+            names.append(name)
+            continue
+        unique = name
+        for k in itertools.count(1):
+            if unique not in graph.nx and (unique == name or unique not in reserved):
+                break
+            unique = f"{name}_{k}"
         kind = "input" if op == "null" else "op"
         node = Node(name=unique, op=op, kind=kind, attrs=parse_attrs(op, raw), raw_attrs=raw,
                     seq=index)
