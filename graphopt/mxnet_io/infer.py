@@ -39,13 +39,16 @@ def known_shape(shape) -> tuple | None:
 
 
 def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
-                 input_dtypes: dict[str, str] | None = None) -> None:
+                 input_dtypes: dict[str, str] | None = None,
+                 symbol: mx.sym.Symbol | None = None) -> None:
     """Fill ``node.outputs`` for every node. ``input_shapes``/``input_dtypes`` override what the
-    input variables record. Raises :class:`ShapeError` or :class:`ParameterError` with the node."""
+    input variables record. ``symbol`` may be given when it is known to be the graph as it is
+    (the loader passes the one it parsed). Raises :class:`ShapeError` or
+    :class:`ParameterError` with the node."""
     input_shapes = dict(input_shapes or {})
     input_dtypes = dict(input_dtypes or {})
     file = graph.source.get("symbol")
-    symbol = to_symbol(graph)
+    symbol = symbol if symbol is not None else to_symbol(graph)
     internals = symbol.get_internals()
     internal_json = json.loads(internals.tojson())
     heads = [(internal_json["nodes"][nid]["name"], index) for nid, index, _ in internal_json["heads"]]

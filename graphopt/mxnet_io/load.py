@@ -117,7 +117,7 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
     text = _read_text(symbol_path)
     graph = graph_from_json(text, file=str(symbol_path))
     graph.name = name or re.sub(r"-symbol$", "", symbol_path.stem.replace(".json", ""))
-    graph.source = {"symbol": str(symbol_path), "params": None if params_path is None else str(params_path)}
+    graph.source.update(symbol=str(symbol_path), params=None if params_path is None else str(params_path))
     try:
         symbol = mx.sym.load_json(text)
         input_names = symbol.list_inputs()  # arguments and aux states, in graph order
@@ -168,7 +168,8 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
             if dtypes and var in dtypes:
                 node.outputs[0] = TensorType(None, np.dtype(dtypes[var]).name)
     graph.source["unused_params"] = sorted(set(values) - set(variable_names))
-    infer_shapes(graph)
+    # the symbol MXNet parsed from the file is this graph, unless names had to change on loading
+    infer_shapes(graph, symbol=symbol if graph.source.get("names_as_loaded") else None)
     assign_output_names(graph)
     graph.output_labels = [graph.tensor_name(t) for t in graph.outputs]
     return graph

@@ -112,6 +112,9 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
         raise UnknownOpError(f"MXNet does not know the op of {len(unknown)} node(s): {listing}",
                              file=file, node=unknown[0][0], op=unknown[0][1])
     graph._seq = iter(range(len(names), 1 << 62))
+    # every node kept the name the file gave it (nothing renamed or merged)
+    graph.source["names_as_loaded"] = len(graph) == len(names) and all(
+        name == str(entry["name"]) for name, entry in zip(names, data["nodes"]))
     for ref in data["heads"]:
         if not isinstance(ref, list) or len(ref) < 2 or not isinstance(ref[0], int) \
                 or not 0 <= ref[0] < len(names):
