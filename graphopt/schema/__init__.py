@@ -182,6 +182,11 @@ class OpSpec:
         return spec.parse(text) if spec is not None else parse_value(text)
 
 
+def _as_tuple(value: Any) -> Any:
+    """JSON has no tuples: a default read back as a list is the tuple the parser would give."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class Schema:
     def __init__(self, data: dict):
         self.mxnet_version = data.get("mxnet_version")
@@ -192,7 +197,7 @@ class Schema:
             for attr_name, a in entry["attrs"].items():
                 attrs[attr_name] = AttrSpec(
                     name=attr_name, kind=a["kind"], required=a["required"], nullable=a["nullable"],
-                    default=a.get("default"), has_default="default" in a,
+                    default=_as_tuple(a.get("default")), has_default="default" in a,
                     choices=tuple(a["choices"]) if a.get("choices") else None, type_text=a["type"])
             inputs = tuple(i["name"] for i in entry["inputs"])
             self._ops[name] = OpSpec(name=name, inputs=inputs,

@@ -3,4 +3,4 @@
 Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
 """
 
-from graphopt.onnx.converters import contrib, math, nn, tensor  # noqa: F401  (registration)
+from graphopt.onnx.converters import contrib, legacy, math, nn, tensor  # noqa: F401  (registration)

@@ -1,0 +1,69 @@
+"""Old checkpoints and fused exports use variant ops; each must export like its modern op.
+
+``Convolution_v1``/``Pooling_v1``/``BatchNorm_v1`` come from 2016-era models (Inception-BN),
+``_contrib_SyncBatchNorm`` from multi-GPU training, ``_contrib_BatchNormWithReLU`` from oneDNN
+fusion. Defaults are the variant's own (PITFALLS.md: BatchNorm eps=1e-3, fix_gamma=True).
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from onnx_op_harness import check, op_types
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((2, 3, 9, 9)).astype(np.float32)
+OTHER_BATCH = RNG.standard_normal((3, 3, 9, 9)).astype(np.float32)
+
+
+def bn_params(name: str, channels: int = 3) -> dict[str, np.ndarray]:
+    """Statistics far from identity, and a stored gamma of 3 that fix_gamma must ignore."""
+    return {f"{name}_gamma": np.full(channels, 3.0, np.float32),
+            f"{name}_beta": RNG.uniform(-0.5, 0.5, channels).astype(np.float32),
+            f"{name}_moving_mean": RNG.uniform(-1, 1, channels).astype(np.float32),
+            f"{name}_moving_var": RNG.uniform(0.5, 2, channels).astype(np.float32)}
+
+
+@pytest.mark.parametrize("attrs", [{}, {"fix_gamma": False, "eps": 1e-5}])
+def test_batchnorm_v1(attrs, tmp_path):
+    symbol = mx.sym.BatchNorm_v1(mx.sym.var("data"), name="bn", **attrs)
+    check(symbol, tmp_path, {"data": X}, bn_params("bn"), other_batch={"data": OTHER_BATCH})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"fix_gamma": False, "eps": 1e-5, "ndev": 2}])
+def test_sync_batchnorm(attrs, tmp_path):
+    symbol = mx.sym.contrib.SyncBatchNorm(mx.sym.var("data"), key="bn_key", name="bn", **attrs)
+    check(symbol, tmp_path, {"data": X}, bn_params("bn"), other_batch={"data": OTHER_BATCH})
+
+
+@pytest.mark.parametrize("attrs", [{}, {"fix_gamma": False}])
+def test_batchnorm_with_relu(attrs, tmp_path):
+    symbol = mx.sym.contrib.BatchNormWithReLU(mx.sym.var("data"), name="bn", **attrs)
+    models = check(symbol, tmp_path, {"data": X}, bn_params("bn"), other_batch={"data": OTHER_BATCH})
+    assert "Relu" in op_types(models[17])
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel": (3, 3), "num_filter": 4},
+    {"kernel": (3, 3), "num_filter": 6, "stride": (2, 2), "pad": (1, 1), "num_group": 3, "no_bias": True},
+])
+def test_convolution_v1(attrs, tmp_path):
+    symbol = mx.sym.Convolution_v1(mx.sym.var("data"), name="conv", **attrs)
+    weight_shape = symbol.infer_shape(data=X.shape)[0][1]
+    params = {"conv_weight": RNG.standard_normal(weight_shape).astype(np.float32)}
+    if not attrs.get("no_bias"):
+        params["conv_bias"] = RNG.standard_normal(attrs["num_filter"]).astype(np.float32)
+    check(symbol, tmp_path, {"data": X}, params, other_batch={"data": OTHER_BATCH})
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel": (3, 3), "stride": (2, 2)},
+    {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1), "pool_type": "avg", "pooling_convention": "full"},
+    {"kernel": (2, 2), "pool_type": "sum"},
+    {"global_pool": True, "pool_type": "avg", "kernel": (1, 1)},
+])
+def test_pooling_v1(attrs, tmp_path):
+    symbol = mx.sym.Pooling_v1(mx.sym.var("data"), name="pool", **attrs)
+    check(symbol, tmp_path, {"data": X}, other_batch={"data": OTHER_BATCH})
