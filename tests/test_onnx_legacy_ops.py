@@ -67,3 +67,24 @@ def test_convolution_v1(attrs, tmp_path):
 def test_pooling_v1(attrs, tmp_path):
     symbol = mx.sym.Pooling_v1(mx.sym.var("data"), name="pool", **attrs)
     check(symbol, tmp_path, {"data": X}, other_batch={"data": OTHER_BATCH})
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"sizes": (0.2, 0.35), "ratios": (1.0, 2.0, 0.5), "clip": True},
+    {"sizes": (0.5,), "ratios": (1.0, 3.0), "steps": (0.1, 0.125), "offsets": (0.25, 0.75)},
+])
+def test_ssd_anchor_boxes_become_mxnets_own_constants(attrs, tmp_path):
+    """MultiBoxPrior depends only on the feature map's shape: MXNet computes it at export."""
+    data = mx.sym.var("data")
+    anchors = mx.sym.contrib.MultiBoxPrior(data, name="anchors", **attrs)
+    scores = mx.sym.sum(data, axis=(2, 3), name="scores")  # the model's other output
+    models = check(mx.sym.Group([anchors, scores]), tmp_path, {"data": X},
+                   other_batch={"data": OTHER_BATCH})
+    assert "Identity" in op_types(models[17])
+
+
+def test_linspace_is_folded_to_a_constant(tmp_path):
+    ramp = mx.sym.linspace(start=-1.0, stop=2.0, num=9, name="ramp")
+    symbol = mx.sym.broadcast_add(mx.sym.var("data"), ramp, name="shifted")
+    check(symbol, tmp_path, {"data": X}, other_batch={"data": OTHER_BATCH})

@@ -3,4 +3,5 @@
 Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
 """
 
-from graphopt.onnx.converters import contrib, legacy, math, nn, tensor  # noqa: F401  (registration)
+from graphopt.onnx.converters import (constant, contrib, legacy, math, nn,  # noqa: F401
+                                       tensor)  # (registration)
