@@ -147,3 +147,25 @@ def test_loading_never_modifies_the_input_files(tmp_path):
     os.umask(umask)
     for path in saved:  # written through a temporary file, yet with the usual permissions
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_from_block_keeps_the_users_input_names():
+    class TwoInputs(mx.gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.image_branch = mx.gluon.nn.Dense(4)
+            self.mask_branch = mx.gluon.nn.Dense(4)
+
+        def hybrid_forward(self, F, image, mask):
+            return F.broadcast_mul(self.image_branch(image), F.sigmoid(self.mask_branch(mask)))
+
+    net = TwoInputs()
+    net.initialize(mx.init.Xavier())
+    graph = graphopt.from_block(net, inputs={"image": (2, 5), "mask": (2, 3)})
+    assert graph.input_names == ["image", "mask"]
+    image, mask = zoo.seeded_input((2, 5)), zoo.seeded_input((2, 3), seed=1)
+    expected = net(mx.nd.array(image), mx.nd.array(mask)).asnumpy()
+    args = {k: mx.nd.array(v) for k, v in graph.params.items()}
+    args.update(image=mx.nd.array(image), mask=mx.nd.array(mask))
+    out = graphopt.mxnet_io.to_symbol(graph).bind(mx.cpu(), args).forward()[0].asnumpy()
+    assert np.array_equal(out, expected)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import mxnet as mx
 
+from graphopt.errors import ShapeError
 from graphopt.ir.graph import Graph
 from graphopt.mxnet_io.load import load
 
@@ -15,24 +17,37 @@ from graphopt.mxnet_io.load import load
 def from_block(block: mx.gluon.HybridBlock, inputs: Mapping[str, tuple],
                dtypes: Mapping[str, str] | None = None, name: str | None = None) -> Graph:
     """Hybridize ``block``, run it once on zeros of the ``inputs`` shapes, ``export`` it and load
-    the result. Gluon names its exported inputs ``data`` (one) or ``data0``, ``data1``...; the keys
-    of ``inputs`` are taken in order and mapped onto those names when they differ."""
-    shapes = [tuple(shape) for shape in inputs.values()]
+    the result. The keys of ``inputs`` are the block's forward arguments in order; Gluon exports
+    them as ``data`` (one) or ``data0``, ``data1``... and the graph's inputs are renamed back to
+    the keys, so an ONNX export later carries the names the user chose."""
+    names, shapes = list(inputs), [tuple(shape) for shape in inputs.values()]
     dtypes = dict(dtypes or {})
-    arrays = [mx.nd.zeros(shape, dtype=dtypes.get(key, "float32"))
-              for key, shape in zip(inputs, shapes)]
+    arrays = [mx.nd.zeros(shape, dtype=dtypes.get(key, "float32")) for key, shape in inputs.items()]
     block.hybridize()
     block(*arrays)
     with tempfile.TemporaryDirectory(prefix="graphopt-block-") as folder:
         prefix = str(Path(folder) / "model")
         block.export(prefix, epoch=0)
-        exported = ["data"] if len(shapes) == 1 else [f"data{i}" for i in range(len(shapes))]
-        names = list(inputs) if set(inputs) <= _variables(prefix) else exported
+        exported = ["data"] if len(names) == 1 else [f"data{i}" for i in range(len(names))]
+        _rename_inputs(Path(f"{prefix}-symbol.json"), dict(zip(exported, names)))
         return load(f"{prefix}-symbol.json", f"{prefix}-0000.params",
                     inputs=dict(zip(names, shapes)),
-                    dtypes={n: dtypes.get(k, "float32") for n, k in zip(names, inputs)},
+                    dtypes={key: dtypes.get(key, "float32") for key in names},
                     name=name or block.name)
 
 
-def _variables(prefix: str) -> set[str]:
-    return set(mx.sym.load(f"{prefix}-symbol.json").list_arguments())
+def _rename_inputs(symbol_path: Path, renames: dict[str, str]) -> None:
+    """Rename the exported input variables in the (temporary) symbol file."""
+    renames = {old: new for old, new in renames.items() if old != new}
+    if not renames:
+        return
+    data = json.loads(symbol_path.read_text())
+    taken = {node["name"] for node in data["nodes"]} - set(renames)
+    clash = sorted(set(renames.values()) & taken)
+    if clash:
+        raise ShapeError(f"input name(s) {clash} are already names of nodes in the block's graph; "
+                         f"choose other keys for inputs=")
+    for node in data["nodes"]:
+        if node["op"] == "null" and node["name"] in renames:
+            node["name"] = renames[node["name"]]
+    symbol_path.write_text(json.dumps(data))
