@@ -142,8 +142,11 @@ class Graph:
         return [n for n in self.nodes() if not n.is_variable and (op is None or n.op == op)]
 
     def variables(self, kind: str | None = None) -> list[Node]:
+        """Variables (of ``kind``) in creation order, which for a loaded graph is the file's order.
+        No topological sort is needed: variables have no inputs."""
         kinds = VARIABLE_KINDS if kind is None else (kind,)
-        return [n for n in self.nodes() if n.is_variable and n.kind in kinds]
+        found = [n for n in self._iter_unordered() if n.is_variable and n.kind in kinds]
+        return sorted(found, key=lambda n: n.seq)
 
     @property
     def input_names(self) -> list[str]:
