@@ -49,7 +49,8 @@ import onnx
 from graphopt.errors import ShapeError
 from graphopt.ir.graph import Graph, Node, Tensor
 from graphopt.mxnet_io.symbol_json import format_attrs
-from graphopt.runtime import MXNetModel, inferred_dtypes, load_onnx, onnx_session, run_onnx
+from graphopt.runtime import (MXNetModel, inferred_dtypes, load_onnx, onnx_session, random_input,
+                              run_onnx)
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
 """Bytes of intermediate tensors fetched from each runtime at once by ``per_layer``."""
@@ -282,10 +283,7 @@ def compare_tensors(name: str, reference: np.ndarray, actual: np.ndarray, rtol: 
     if reference.size == actual.size:
         max_abs_error = _max_abs_difference(reference, actual.reshape(reference.shape))
     allowed = atol + rtol * max_abs_reference
-    if max_abs_reference > 0:
-        relative = max_abs_error / max_abs_reference
-    else:
-        relative = 0.0 if max_abs_error == 0 else math.inf
+    relative = _relative(max_abs_error, max_abs_reference)
     return TensorComparison(
         name=name, shape=tuple(reference.shape), onnx_shape=onnx_shape,
         dtype=str(reference.dtype), onnx_dtype=str(actual.dtype),
@@ -294,6 +292,21 @@ def compare_tensors(name: str, reference: np.ndarray, actual: np.ndarray, rtol: 
         passed=not notes and max_abs_error <= allowed,
         top1_agreement=top1_agreement(reference, actual) if with_top1 else None,
         note="; ".join(notes) or None)
+
+
+def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    """max |actual - reference| / max |reference|, the figure tolerances are stated in
+    (infinite for a shape mismatch, or NaN/infinity on one side only)."""
+    reference, actual = np.asarray(reference), np.asarray(actual)
+    if reference.shape != actual.shape:
+        return math.inf
+    return _relative(_max_abs_difference(reference, actual), _max_abs_finite(reference))
+
+
+def _relative(max_abs_error: float, max_abs_reference: float) -> float:
+    if max_abs_reference > 0:
+        return max_abs_error / max_abs_reference
+    return 0.0 if max_abs_error == 0 else math.inf
 
 
 def _max_abs_finite(array: np.ndarray) -> float:
@@ -346,19 +359,6 @@ def _onnx_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random_input(graph: Graph, name: str, shape: tuple[int, ...], dtype: np.dtype,
-                  rng: np.random.RandomState) -> np.ndarray:
-    """Floats uniform in [-1, 1] (as ``fixtures.zoo.seeded_input``); integers valid as indices
-    of every ``Embedding`` reading the input (else in [0, 10)); booleans fair coin flips."""
-    if dtype.kind == "f":
-        return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.randint(0, 2, size=shape).astype(bool)
-    bounds = [int(graph.node(consumer).attrs.get("input_dim", 10))
-              for consumer, _slot in graph.consumers(name) if graph.node(consumer).op == "Embedding"]
-    return rng.randint(0, min(bounds, default=10), size=shape).astype(dtype)
-
-
 def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.ModelProto,
                  seed: int) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """The input arrays, and a description of each (shape, dtype, where it came from).
@@ -399,7 +399,7 @@ def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.Model
             if shape is None:
                 raise ShapeError(f"the shape of input {name!r} is unknown: give it, e.g. "
                                  f"inputs={{{name!r}: (1, 3, 224, 224)}}", node=name)
-            arrays[name] = _random_input(graph, name, tuple(shape), dtype, rng)
+            arrays[name] = random_input(graph, name, tuple(shape), dtype, rng)
             source[name] = f"random (seed {seed})"
         described[name] = {"shape": list(arrays[name].shape), "dtype": str(arrays[name].dtype),
                            "source": source[name]}

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
-import mxnet as mx
 import numpy as np
 
 import graphopt
+import graphopt.runtime
+from graphopt.compare import relative_error
 from graphopt.cli import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +33,8 @@ def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_mxnet(symbol_path: Path, params_path: Path, x: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():  # SymbolBlock.imports warns that it cannot type 'data'
-        warnings.simplefilter("ignore", UserWarning)
-        block = mx.gluon.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path))
-    return block(mx.nd.array(x)).asnumpy()
+    (output,) = graphopt.runtime.run_mxnet((symbol_path, params_path), {"data": x}).values()
+    return output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +79,7 @@ def demo_one(model: str, x: np.ndarray, labels: np.ndarray) -> list[str]:
         print(format_report(report, explain=False))
         optimized_paths = graphopt.save_mxnet(optimized, folder / "optimized")
         rewritten = run_mxnet(*optimized_paths, x)
-        error = float(np.max(np.abs(rewritten - before)) / np.max(np.abs(before)))
+        error = relative_error(before, rewritten)
         print(f"rewritten model vs original in MXNet: relative error {error:.2e}")
         if error > 1e-5:
             failures.append(f"{graph.name}: rewrite")

@@ -33,6 +33,7 @@ from onnx import helper
 
 from graphopt.errors import GraphoptError, ShapeError
 from graphopt.ir.graph import Graph
+from graphopt.mxnet_io.infer import first_error_line
 
 ModelPaths = tuple[str | os.PathLike, str | os.PathLike | None]
 
@@ -75,6 +76,15 @@ class MXNetModel:
     def run(self, inputs: Mapping[str, np.ndarray], outputs: str | Sequence[str] = "graph",
             fuse: bool = False) -> dict[str, np.ndarray]:
         """See :func:`run_mxnet`."""
+        names, arrays = self._forward(inputs, outputs, fuse)
+        return dict(zip(names, arrays))
+
+    def forward(self, inputs: Mapping[str, np.ndarray], fuse: bool = False) -> list[np.ndarray]:
+        """The graph outputs as a list, in order (two outputs may carry the same name)."""
+        return self._forward(inputs, "graph", fuse)[1]
+
+    def _forward(self, inputs: Mapping[str, np.ndarray], outputs: str | Sequence[str],
+                 fuse: bool) -> tuple[list[str], list[np.ndarray]]:
         if isinstance(outputs, str) and outputs == "graph":
             symbol, names = self.symbol, self.output_names
         else:
@@ -87,7 +97,7 @@ class MXNetModel:
         with contextlib.nullcontext() if fuse else _subgraph_backend("NONE"):
             executor = self._bind(symbol, inputs)
         results = executor.forward(is_train=False)
-        return {name: array.asnumpy() for name, array in zip(names, results)}
+        return list(names), [array.asnumpy() for array in results]
 
     def _bind(self, symbol: mx.sym.Symbol, inputs: Mapping[str, np.ndarray]):
         arguments = symbol.list_arguments()
@@ -96,7 +106,7 @@ class MXNetModel:
             argument_shapes, _, _ = symbol.infer_shape_partial(**shapes)
         except mx.MXNetError as error:
             raise ShapeError(f"MXNet cannot run on inputs {shapes}: "
-                             f"{str(error).splitlines()[0]}") from None
+                             f"{first_error_line(error)}") from None
         args = {}
         for name, shape in zip(arguments, argument_shapes):
             if name in inputs:
@@ -126,6 +136,20 @@ def _subgraph_backend(name: str):
             del os.environ[key]
         else:
             os.environ[key] = saved
+
+
+def random_input(graph: Graph, name: str, shape: tuple[int, ...], dtype: np.dtype,
+                 rng: np.random.RandomState) -> np.ndarray:
+    """A seeded value for input ``name``: floats uniform in [-1, 1] (as
+    ``fixtures.zoo.seeded_input``); integers valid as indices of every ``Embedding`` reading the
+    input (else in [0, 10)); booleans fair coin flips."""
+    if dtype.kind == "f":
+        return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.randint(0, 2, size=shape).astype(bool)
+    bounds = [int(graph.node(consumer).attrs.get("input_dim", 10))
+              for consumer, _slot in graph.consumers(name) if graph.node(consumer).op == "Embedding"]
+    return rng.randint(0, min(bounds, default=10), size=shape).astype(dtype)
 
 
 def as_mxnet_model(model: Graph | ModelPaths | MXNetModel) -> MXNetModel:

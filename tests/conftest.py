@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from graphopt.compare import relative_error  # noqa: F401  (max |a - b| / max |a|, for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -18,10 +19,3 @@ if str(ROOT) not in sys.path:
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
-
-def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    """max |a - b| / max |a|: the figure the issues state tolerances in."""
-    reference = np.asarray(reference, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    scale = max(float(np.max(np.abs(reference))), 1e-30)
-    return float(np.max(np.abs(reference - actual))) / scale

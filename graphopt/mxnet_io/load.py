@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import re
 from pathlib import Path
@@ -12,9 +10,10 @@ from typing import Mapping
 import mxnet as mx
 import numpy as np
 
+from graphopt._gc import cyclic_gc_paused
 from graphopt.errors import ModelFileError, ParameterError, ShapeError
 from graphopt.ir.graph import Graph, TensorType
-from graphopt.mxnet_io.infer import infer_shapes
+from graphopt.mxnet_io.infer import first_error_line, infer_shapes
 from graphopt.mxnet_io.symbol_json import assign_output_names, graph_from_json
 from graphopt.schema import mxnet_schema
 
@@ -42,7 +41,7 @@ def read_params(params_path: str | os.PathLike) -> dict[str, np.ndarray]:
         loaded = mx.nd.load(str(path))
     except mx.MXNetError as error:
         raise ModelFileError(f"cannot read params file (truncated or not an MXNet params file): "
-                             f"{str(error).splitlines()[0]}", file=str(path)) from None
+                             f"{first_error_line(error)}", file=str(path)) from None
     if isinstance(loaded, list) and not loaded:
         return {}  # MXNet reads a file saved from an empty dict back as an empty list
     if not isinstance(loaded, dict):
@@ -88,21 +87,7 @@ def _match_structural_names(needed: list[str], stored: dict[str, np.ndarray],
     return matched
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused():
-    """Loading creates about ten long-lived container objects per node; CPython's cyclic
-    collector would walk them again at every collection it triggers: 24% of load time at 10k
-    nodes and 28% at 100k (measured), the reason time per node grew with the graph."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_cyclic_gc_paused()  # a context manager made by contextlib also works as a decorator
+@cyclic_gc_paused()  # building ~10 objects per node: see graphopt._gc
 def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | None = None,
          inputs: Mapping[str, tuple] | None = None, dtypes: Mapping[str, str] | None = None,
          name: str | None = None) -> Graph:
@@ -123,8 +108,8 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
         input_names = symbol.list_inputs()  # arguments and aux states, in graph order
         aux_names = set(symbol.list_auxiliary_states())
     except mx.MXNetError as error:
-        message = str(error).splitlines()[0].replace("MXNetError: ", "")
-        raise ModelFileError(f"MXNet refuses the symbol: {message}", file=str(symbol_path)) from None
+        raise ModelFileError(f"MXNet refuses the symbol: {first_error_line(error)}",
+                             file=str(symbol_path)) from None
 
     stored = {} if params_path is None else read_params(params_path)
     values = {_strip_prefix(k): v for k, v in stored.items()}
