@@ -9,6 +9,7 @@ saves to the same attributes text.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from typing import Any
@@ -23,24 +24,28 @@ MXNET_VERSION = 10901
 def parse_attrs(op: str, raw: dict[str, str]) -> dict[str, Any]:
     """Typed values for a node's attribute strings. Hidden attributes (``__init__`` ...) and
     values that do not parse stay strings: MXNet itself will judge them."""
+    return {key: parse_attr(op, key, text) for key, text in raw.items()}
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_attr(op: str, key: str, text: str) -> Any:
+    """One attribute string as a typed value. Cached: saving, and every symbol built for shape
+    inference, re-reads each unchanged attribute to decide to write its original text; the
+    values are immutable (tuples, numbers, strings), so sharing them is safe."""
+    if key.startswith("__") or op == "null":
+        return text
     spec = mxnet_schema().get(op)
-    typed = {}
-    for key, text in raw.items():
-        if key.startswith("__") or op == "null":
-            typed[key] = text
-            continue
-        try:
-            typed[key] = spec.parse_attr(key, text) if spec is not None else parse_value(text)
-        except (ValueError, TypeError):
-            typed[key] = text
-    return typed
+    try:
+        return spec.parse_attr(key, text) if spec is not None else parse_value(text)
+    except (ValueError, TypeError):
+        return text
 
 
 def format_attrs(node: Node) -> dict[str, str]:
     out = {}
     for key, value in node.attrs.items():
         raw = node.raw_attrs.get(key)
-        if raw is not None and _same(parse_attrs(node.op, {key: raw})[key], value):
+        if raw is not None and _same(parse_attr(node.op, key, raw), value):
             out[key] = raw
         else:
             out[key] = value if isinstance(value, str) else format_value(value)
