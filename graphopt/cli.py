@@ -2,7 +2,8 @@
 
 Every command takes a model as ``PREFIX-symbol.json`` (its params found beside it as
 ``PREFIX-NNNN.params``, the newest epoch) or as ``PREFIX``; ``--params`` names another file.
-Input shapes come from ``--input data:1x3x224x224`` (repeatable).
+Input shapes come from ``--input data:1x3x224x224`` (repeatable), optionally with a dtype:
+``--input ids:1x16:int32``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from graphopt.errors import GraphoptError
 
@@ -33,19 +37,40 @@ def resolve_model(model: str, params: str | None = None) -> tuple[Path, Path | N
     return path, candidates[-1] if candidates else None
 
 
-def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
-    """``data:1x3x224x224`` -> ("data", (1, 3, 224, 224))."""
-    match = re.fullmatch(r"([^:]+):(\d+(?:[x,]\d+)*)", text.strip())
+class InputArg(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    dtype: str | None  # None: the model's own (float32 unless its symbol says otherwise)
+
+
+def parse_input(text: str) -> InputArg:
+    """``data:1x3x224x224`` -> ("data", (1, 3, 224, 224), None); ``ids:1x16:int32`` gives the
+    dtype too."""
+    match = re.fullmatch(r"([^:]+):(\d+(?:[x,]\d+)*)(?::(\w+))?", text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"expected NAME:DIMxDIM..., e.g. data:1x3x224x224, got {text!r}")
-    return match.group(1), tuple(int(d) for d in re.split(r"[x,]", match.group(2)))
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:DIMxDIM...[:DTYPE], e.g. data:1x3x224x224 or ids:1x16:int32, got {text!r}")
+    dtype = match.group(3)
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {text!r}") from None
+    return InputArg(match.group(1), tuple(int(d) for d in re.split(r"[x,]", match.group(2))), dtype)
+
+
+def _shapes(args) -> dict[str, tuple[int, ...]] | None:
+    return {i.name: i.shape for i in args.input or []} or None
+
+
+def _dtypes(args) -> dict[str, str] | None:
+    return {i.name: i.dtype for i in args.input or [] if i.dtype} or None
 
 
 def _load(args) -> "Graph":  # noqa: F821
     import graphopt
     symbol, params = resolve_model(args.model, getattr(args, "params", None))
-    inputs = dict(args.input or [])
-    return graphopt.load(symbol, params, inputs=inputs or None)
+    return graphopt.load(symbol, params, inputs=_shapes(args), dtypes=_dtypes(args))
 
 
 def _print_json(value) -> None:
@@ -86,7 +111,8 @@ def cmd_optimize(args) -> int:
     if args.output:
         if args.to == "onnx":
             from graphopt.onnx import to_onnx
-            to_onnx(new_graph, path=args.output, opset=args.opset)
+            to_onnx(new_graph, path=args.output, opset=args.opset,
+                    dynamic_batch=not args.static_batch)
         else:
             from graphopt.mxnet_io import save_mxnet
             save_mxnet(new_graph, args.output)
@@ -97,7 +123,7 @@ def cmd_optimize(args) -> int:
 def cmd_compare(args) -> int:
     from graphopt.compare import compare
     symbol, params = resolve_model(args.symbol, args.params)
-    report = compare(symbol, params, args.onnx, inputs=dict(args.input or []) or None,
+    report = compare(symbol, params, args.onnx, inputs=_shapes(args), dtypes=_dtypes(args),
                      data=args.data, per_layer=args.per_layer, rtol=args.rtol, atol=args.atol,
                      seed=args.seed)
     _print_json(report.to_dict()) if args.json else print(report.format())
@@ -121,8 +147,9 @@ def cmd_rules(args) -> int:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="PREFIX-symbol.json or PREFIX")
     parser.add_argument("--params", help="params file (default: PREFIX-NNNN.params beside the model)")
-    parser.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE",
-                        help="an input shape, e.g. data:1x3x224x224 (repeatable)")
+    parser.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE[:DTYPE]",
+                        help="an input shape, e.g. data:1x3x224x224, and optionally its dtype, "
+                             "e.g. ids:1x16:int32 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", help="write the result (ONNX file or MXNet prefix)")
         p.add_argument("--to", choices=["onnx", "mxnet"], default="mxnet")
         p.add_argument("--opset", type=int, default=17)
+        p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
         p.add_argument("--rules-dir", action="append", help="a folder of extra rule files")
         p.add_argument("--phases", help="comma-separated phases to run (default: all)")
         p.add_argument("--check", choices=["numeric"], help="run MXNet before/after each phase")
@@ -159,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("symbol", help="PREFIX-symbol.json or PREFIX")
     p.add_argument("params", nargs="?", help="params file (default: beside the symbol)")
     p.add_argument("onnx", help="the ONNX model")
-    p.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE")
+    p.add_argument("--input", action="append", type=parse_input, metavar="NAME:SHAPE[:DTYPE]",
+                   help="an input shape (and dtype) for random inputs (repeatable)")
     p.add_argument("--data", help=".npz of input arrays (default: seeded random inputs)")
     p.add_argument("--per-layer", action="store_true", help="find the first diverging layer")
     p.add_argument("--rtol", type=float, default=1e-5)

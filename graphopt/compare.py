@@ -360,12 +360,14 @@ def _onnx_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 
 def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.ModelProto,
-                 seed: int) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+                 seed: int, dtypes: Mapping[str, str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """The input arrays, and a description of each (shape, dtype, where it came from).
 
     Arrays come from ``data`` (an .npz path or a dict; an archive holding one array feeds a
     one-input graph whatever its key), then from arrays in ``inputs``; the other inputs are
-    random with shapes from ``inputs``, else the graph, else the ONNX model's declaration.
+    random with shapes from ``inputs``, else the graph, else the ONNX model's declaration, and
+    the dtype from ``dtypes``, else the graph's.
     """
     names = graph.input_names
     given = _read_data(data)
@@ -380,7 +382,8 @@ def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.Model
             source.setdefault(name, "given")
         else:
             shapes[name] = tuple(int(d) for d in value)
-    unknown = sorted(name for name in {*given, *shapes} if name not in names)
+    dtypes = dict(dtypes or {})
+    unknown = sorted(name for name in {*given, *shapes, *dtypes} if name not in names)
     if unknown:
         raise ShapeError(f"no graph input named {unknown}; the graph's inputs are {names}")
     declared = _onnx_input_shapes(model)
@@ -388,7 +391,7 @@ def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.Model
     arrays, described = {}, {}
     for name in names:
         node = graph.node(name)
-        dtype = np.dtype(node.dtype or "float32")
+        dtype = np.dtype(dtypes.get(name) or node.dtype or "float32")
         if name in given:
             arrays[name] = np.asarray(given[name])
             if arrays[name].dtype != dtype:
@@ -437,7 +440,7 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
             onnx_model: str | os.PathLike | onnx.ModelProto, inputs: InputSpec | None = None,
             data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
             per_layer: bool = False, rtol: float = 1e-5, atol: float = 0.0, seed: int = 0,
-            threads: int | None = None,
+            threads: int | None = None, dtypes: Mapping[str, str] | None = None,
             memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CompareReport:
     """Run the MXNet model and the ONNX model on the same inputs and compare their outputs.
 
@@ -445,7 +448,7 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
     then ``None``). ``onnx_model``: a path or a ``ModelProto``. ``inputs`` maps input names to
     shapes (``{"data": (1, 3, 224, 224)}``) or arrays; ``data`` is an .npz file or a dict of
     arrays. Inputs without an array are drawn from ``np.random.RandomState(seed)`` in the
-    graph's input order, with the graph's dtype. Tolerance: see the module docstring.
+    graph's input order, with the dtype ``dtypes`` gives, else the graph's. Tolerance: see the module docstring.
     ``per_layer`` also compares every intermediate tensor matched by name and reports the
     first divergent layer. ``threads`` sets onnxruntime's intra-op threads.
     """
@@ -455,7 +458,7 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
     model = load_onnx(onnx_model)
     onnx_label = (f"ONNX graph {model.graph.name!r}" if isinstance(onnx_model, onnx.ModelProto)
                   else str(onnx_model))
-    arrays, described = _make_inputs(graph, inputs, data, model, seed)
+    arrays, described = _make_inputs(graph, inputs, data, model, seed, dtypes)
     graph = _with_shapes(graph, arrays, owned=not isinstance(symbol_json, Graph))
     seconds["load"] = time.perf_counter() - started
 

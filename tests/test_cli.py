@@ -29,7 +29,8 @@ def test_model_paths_resolve_from_symbol_or_prefix(resnet):
     prefix = str(resnet).removesuffix("-symbol.json")
     assert resolve_model(str(resnet)) == resolve_model(prefix)
     assert resolve_model(prefix)[1].name == "resnet_digits-0000.params"
-    assert parse_input("data:2x3x32x32") == ("data", (2, 3, 32, 32))
+    assert parse_input("data:2x3x32x32") == ("data", (2, 3, 32, 32), None)
+    assert parse_input("ids:1x16:int32") == ("ids", (1, 16), "int32")
 
 
 def test_inspect_json_counts_the_model(resnet, capsys):
@@ -84,3 +85,28 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["inspect", str(broken)]) == 2
     error = capsys.readouterr().err
     assert "truncated or malformed" in error and str(broken) in error
+
+
+def test_an_integer_input_is_declared_with_its_dtype(tmp_path, capsys):
+    """A token classifier whose ids input is int32: export and compare are told the dtype on
+    the command line, and the ONNX input carries it."""
+    ids = mx.sym.var("ids")
+    logits = mx.sym.FullyConnected(mx.sym.Embedding(ids, input_dim=20, output_dim=6, name="embed"),
+                                   num_hidden=3, name="classify")
+    (tmp_path / "tagger-symbol.json").write_text(logits.tojson())
+    rng = np.random.RandomState(0)
+    mx.nd.save(str(tmp_path / "tagger-0000.params"), {
+        "arg:embed_weight": mx.nd.array(rng.uniform(-1, 1, (20, 6))),
+        "arg:classify_weight": mx.nd.array(rng.uniform(-1, 1, (3, 30))),
+        "arg:classify_bias": mx.nd.array(rng.uniform(-1, 1, (3,)))})
+    prefix, onnx_path = str(tmp_path / "tagger"), tmp_path / "tagger.onnx"
+    assert main(["export", prefix, "--input", "ids:2x5:int32", str(onnx_path)]) == 0
+    declared = onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.elem_type
+    assert declared == onnx.TensorProto.INT32
+    capsys.readouterr()
+    assert main(["compare", prefix, str(onnx_path), "--input", "ids:3x5:int32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"]["ids"]["dtype"] == "int32" and report["ok"] is True
+    with pytest.raises(SystemExit):  # argparse: usage and the reason, exit status 2
+        main(["export", prefix, "--input", "ids:2x5:int33", str(onnx_path)])
+    assert "unknown dtype 'int33'" in capsys.readouterr().err
