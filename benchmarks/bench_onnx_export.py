@@ -13,7 +13,10 @@ the ONNX each writes.
    one process with the same onnxruntime (graphopt's), runs of the two models interleaved;
    medians. Goal: graphopt's ONNX at most 0.6x the bundled exporter's latency. For reference,
    the bundled exporter's model with its weights removed from the graph inputs (the fix
-   PITFALLS.md describes) is timed beside them.
+   PITFALLS.md describes) is timed beside them. And the compute bound: the model's FLOPs
+   (``graphopt inspect``) against what onnxruntime's own large MatMul reaches on this machine,
+   which says how close to the hardware a latency is and whether the goal's latency is within
+   reach of any float32 graph computing the same convolutions.
 
 Each exporter runs with its defaults: the bundled one writes a static batch, graphopt a dynamic
 one (``dynamic_batch=True``), the harder case for graphopt's latency.
@@ -180,6 +183,47 @@ def ort_latency(models: dict[str, Path], shape: tuple, threads: int, runs: int,
                                                    "threads": threads, "runs": runs}
 
 
+def gemm_throughput(threads: int, runs: int, size: int = 1024) -> dict:
+    """What onnxruntime's own GEMM reaches on this machine: one float32 ``size``-cube MatMul
+    (weights an initializer), same threads and session options as the latency runs; median
+    GFLOP/s. A compute-bound model cannot run faster than its FLOPs at this rate."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.uniform(-1, 1, (size, size)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"a": rng.uniform(-1, 1, (size, size)).astype(np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return {"size": size, "gflops": 2 * size ** 3 / statistics.median(times) / 1e9}
+
+
+def model_flops(name: str) -> int:
+    """FLOPs of one image through the zoo model (``graphopt inspect``'s count)."""
+    import graphopt
+    from fixtures.zoo import export_zoo_model
+    symbol_path, params_path, shape = export_zoo_model(name)
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": (1, *shape[1:])})
+    return graphopt.inspect_graph(graph)["totals"]["flops"]
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict:
@@ -230,6 +274,9 @@ def run(args: argparse.Namespace) -> dict:
         if "graphopt" in results["latency"]:
             results["latency"]["ratio"] = (results["latency"]["graphopt"]["median_ms"]
                                            / results["latency"]["bundled"]["median_ms"])
+            # the compute bound: how fast the goal's latency would have to compute
+            results["latency"]["gemm"] = gemm_throughput(args.threads, max(10, args.runs // 5))
+            results["latency"]["flops"] = model_flops(LATENCY_MODEL)
     results["output_dir"] = str(folder)
     return results
 
@@ -271,8 +318,18 @@ def _latency_lines(latency: dict) -> list[str]:
                          f"output vs bundled: {value['max_rel_diff_vs_first']:.1e})")
     if "ratio" in latency:
         verdict = "met" if latency["ratio"] <= LATENCY_GOAL else "not met"
-        lines.append(f"  graphopt / bundled: {latency['ratio']:.2f}x   goal <= "
+        lines.append(f"  graphopt / bundled: {latency['ratio']:.3f}x   goal <= "
                      f"{LATENCY_GOAL:g}x: {verdict}")
+    if "gemm" in latency and "flops" in latency:
+        peak, gflop = latency["gemm"]["gflops"], latency["flops"] / 1e9
+        achieved = gflop / (latency["graphopt"]["median_ms"] / 1e3)
+        goal_ms = LATENCY_GOAL * latency["bundled"]["median_ms"]
+        needed = gflop / (goal_ms / 1e3)
+        lines.append(f"  compute bound: {gflop:.2f} GFLOP per image; onnxruntime's own "
+                     f"{latency['gemm']['size']}^3 MatMul reaches {peak:.0f} GFLOP/s here")
+        lines.append(f"    graphopt's ONNX runs at {achieved:.0f} GFLOP/s ({achieved / peak:.0%} "
+                     f"of that); the goal ({goal_ms:.1f} ms) needs {needed:.0f} GFLOP/s "
+                     f"({needed / peak:.0%})")
     else:
         lines.append("  graphopt: not available")
     return lines
