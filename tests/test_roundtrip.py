@@ -169,3 +169,66 @@ def test_from_block_keeps_the_users_input_names():
     args.update(image=mx.nd.array(image), mask=mx.nd.array(mask))
     out = graphopt.mxnet_io.to_symbol(graph).bind(mx.cpu(), args).forward()[0].asnumpy()
     assert np.array_equal(out, expected)
+
+
+class ControlFlow(mx.gluon.HybridBlock):
+    """A recurrent cell run with ``foreach`` over the sequence, a ``while_loop`` that doubles a
+    state while it is small, and a ``cond`` on the result: control-flow ops whose bodies MXNet
+    stores as subgraphs inside the node (the cell's weights feed the loop from outside)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.cell = mx.gluon.nn.Dense(4, flatten=False, in_units=3)
+
+    def hybrid_forward(self, F, sequence, state):
+        def step(x, states):
+            h = F.tanh(self.cell(x) + states[0])
+            return h, [h]
+
+        outputs, states = F.contrib.foreach(step, sequence, [state])
+        _, (doubled,) = F.contrib.while_loop(
+            cond=lambda s: F.sum(F.abs(s)) < 100, func=lambda s: (s, [s * 2]),
+            loop_vars=[states[0]], max_iterations=10)
+        chosen = F.contrib.cond(F.sum(doubled) > 0, lambda: doubled + 1, lambda: doubled - 1)
+        return outputs, chosen
+
+
+def test_control_flow_subgraphs_round_trip(tmp_path):
+    """foreach / while_loop / cond keep their bodies through load and save, MXNet runs the
+    saved model to the same bits, and ONNX export says plainly that they are not converted."""
+    rng = np.random.RandomState(0)
+    inputs = {"sequence": rng.uniform(-1, 1, (5, 2, 3)).astype(np.float32),
+              "state": rng.uniform(-1, 1, (2, 4)).astype(np.float32)}
+    block = ControlFlow()
+    block.initialize(mx.init.Xavier())
+    block.hybridize()
+    block(*[mx.nd.array(v) for v in inputs.values()])
+    block.export(str(tmp_path / "loop"), epoch=0)
+    symbol_path, params_path = tmp_path / "loop-symbol.json", tmp_path / "loop-0000.params"
+    text = symbol_path.read_text().replace('"data0"', '"sequence"').replace('"data1"', '"state"')
+    symbol_path.write_text(text)
+
+    graph = graphopt.load(symbol_path, params_path,
+                          inputs={name: value.shape for name, value in inputs.items()})
+    ops = {graph.node(name).op for name in graph.live_nodes()}
+    assert {"_foreach", "_while_loop", "_cond"} <= ops
+    assert sorted(graph.params) == sorted(p.name for p in block.collect_params().values())
+    saved_symbol, saved_params = graphopt.save_mxnet(graph, tmp_path / "roundtrip")
+    written = {n["name"]: n for n in json.loads(saved_symbol.read_text())["nodes"]}
+    original = {n["name"]: n for n in json.loads(text)["nodes"]}
+    for name, node in original.items():
+        assert written[name].get("subgraphs") == node.get("subgraphs"), f"{name}: body changed"
+    before = run_mxnet(symbol_path, params_path, inputs)
+    after = run_mxnet(saved_symbol, saved_params, inputs)
+    assert len(before) == len(after) == 2
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b), "round trip changed the model's output bits"
+    rewritten, _ = graphopt.rewrite(graph)  # the rules leave the loops alone
+    folded_symbol, folded_params = graphopt.save_mxnet(rewritten, tmp_path / "rewritten")
+    for a, b in zip(before, run_mxnet(folded_symbol, folded_params, inputs)):
+        assert np.array_equal(a, b)
+
+    with pytest.raises(graphopt.UnsupportedOpError) as error:
+        graphopt.to_onnx(graph)
+    assert "_foreach" in str(error.value) and "_while_loop" in str(error.value)

@@ -74,6 +74,9 @@ class Node:
     raw_attrs: dict[str, str] = field(default_factory=dict, repr=False)
     total_outputs: int | None = field(default=None, repr=False)
     seq: int = field(default=0, repr=False, compare=False)
+    # the body graphs of a control-flow op (_foreach, _while_loop, _cond) as MXNet wrote them:
+    # symbol JSON objects, kept verbatim and never edited
+    subgraphs: list[dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_variable(self) -> bool:
@@ -452,9 +455,13 @@ class Graph:
 
         Checks: no cycle; outputs exist; every edge reads an output the producer has; each op's
         input slots are 0..n-1 without gaps and a variable has no inputs; every parameter variable
-        has a value of the recorded shape; with ``shapes``, every tensor has a known shape and dtype.
+        has a value of the recorded shape; with ``shapes``, every tensor that is read (by a node
+        or as a graph output) has a known shape and dtype. (MXNet's inference may leave an
+        output nothing reads unknown: the stacked outputs of an unused ``_while_loop`` result.)
         """
         order = self.topological_order()  # raises on a cycle
+        read = {(src, index) for src, _dst, index in self.nx.edges(data="index")} \
+            | {(t.node, t.index) for t in self.outputs} if shapes else set()
         for tensor in self.outputs:
             if tensor.node not in self.nx or tensor.index >= self.node(tensor.node).num_outputs:
                 raise GraphError(f"graph output {tensor} does not exist", node=tensor.node)
@@ -480,7 +487,7 @@ class Graph:
                                      f"{self.node(src).num_outputs}", node=name, op=node.op)
             if shapes:
                 for i, tensor_type in enumerate(node.outputs):
-                    if not tensor_type.known:
+                    if not tensor_type.known and (name, i) in read:
                         raise GraphError(f"output {i} has unknown shape or dtype", node=name,
                                          op=node.op)
 

@@ -101,7 +101,7 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
             unique = f"{name}_{k}"
         kind = "input" if op == "null" else "op"
         node = Node(name=unique, op=op, kind=kind, attrs=parse_attrs(op, raw), raw_attrs=raw,
-                    seq=index)
+                    seq=index, subgraphs=entry.get("subgraphs"))
         if row_ptr and len(row_ptr) == len(data["nodes"]) + 1:
             node.total_outputs = row_ptr[index + 1] - row_ptr[index]
         graph.nx.add_node(unique, node=node)
@@ -140,6 +140,8 @@ def graph_to_dict(graph: Graph) -> dict:
             entry["attrs"] = attrs
         entry["inputs"] = [[position[t.node], t.index, 1 if graph.node(t.node).kind == "aux" else 0]
                            for t in graph.inputs_of(name)]
+        if node.subgraphs is not None:
+            entry["subgraphs"] = node.subgraphs
         nodes.append(entry)
         if node.is_variable:
             arg_nodes.append(position[name])
