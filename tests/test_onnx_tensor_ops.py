@@ -22,12 +22,42 @@ RNG = np.random.default_rng(11)
 
 
 def normal(*shape, dtype="float32"):
-    return RNG.standard_normal(shape).astype(dtype)
+    """Standard normal floats; integers spread over about [-60, 60] (non-negative when unsigned)."""
+    values = RNG.standard_normal(shape)
+    if np.dtype(dtype).kind in "iu":
+        values = np.abs(values * 20) if np.dtype(dtype).kind == "u" else values * 20
+    return values.astype(dtype)
 
 
 def batch_pair(*shape, other=3, dtype="float32"):
     """Inputs at the exported batch size (``shape[0]``) and at ``other``."""
     return normal(*shape, dtype=dtype), normal(other, *shape[1:], dtype=dtype)
+
+
+# --- every dtype ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int32", "int64", "int8", "uint8"])
+def test_layout_and_indexing_ops_keep_every_dtype(dtype, tmp_path):
+    """The ops that move or pick elements work for every dtype MXNet runs them in, at the
+    exported batch size and at another (``y``: float indices, ``c``: a condition)."""
+    c = mx.sym.var("c")
+    symbols = [mx.sym.transpose(x), mx.sym.Reshape(x, shape=(0, -1)), mx.sym.SwapAxis(x, 1, 2),
+               mx.sym.expand_dims(x, axis=-1), mx.sym.slice(x, begin=(None, 2), end=(None, None),
+                                                             step=(None, -1)),
+               mx.sym.slice_axis(x, axis=2, begin=1, end=None), mx.sym.reverse(x, axis=(1, 2)),
+               mx.sym.tile(x, reps=(1, 2)), mx.sym.repeat(x, repeats=2, axis=1),
+               mx.sym.Concat(x, x, dim=-1), mx.sym.stack(x, x, axis=1),
+               *mx.sym.split(x, num_outputs=2, axis=2, squeeze_axis=False),
+               mx.sym.diag(x, k=1, axis1=1, axis2=2), mx.sym.take(x, y, axis=2, mode="wrap"),
+               mx.sym.pick(x, y, axis=2), mx.sym.where(c, x, mx.sym.zeros_like(x)),
+               mx.sym.broadcast_axis(mx.sym.slice_axis(x, axis=1, begin=0, end=1), axis=1, size=3),
+               mx.sym.one_hot(y, depth=4, on_value=3, dtype=dtype), mx.sym.ones_like(x)]
+
+    def inputs(batch):
+        return {"x": normal(batch, 3, 4, dtype=dtype),
+                "y": RNG.integers(-5, 9, (batch, 3)).astype("float32"),
+                "c": RNG.integers(0, 2, (batch, 3, 4)).astype(dtype)}
+    check(mx.sym.Group(symbols), tmp_path, inputs(2), other_batch=inputs(3))
 
 
 # --- Reshape -----------------------------------------------------------------------------------
@@ -255,6 +285,12 @@ def test_pick(attrs, tmp_path):
     check(mx.sym.pick(x, y, **attrs), tmp_path, {"x": data, "y": index})
 
 
+def test_pick_from_a_vector_gives_shape_one(tmp_path):
+    """MXNet has no 0-d arrays: picking from a 1-D array without keepdims gives shape (1,)."""
+    check(mx.sym.pick(x, y, axis=0, mode="wrap"), tmp_path,
+          {"x": normal(5), "y": np.array([-2], dtype="float32")})
+
+
 def test_pick_keeps_the_batch_dynamic(tmp_path):
     check(mx.sym.pick(x, y, axis=1), tmp_path,
           {"x": normal(1, 5), "y": np.array([3], dtype="float32")},
@@ -264,6 +300,22 @@ def test_pick_keeps_the_batch_dynamic(tmp_path):
 def test_batch_take(tmp_path):
     check(mx.sym.batch_take(x, y), tmp_path,
           {"x": normal(4, 3), "y": np.array([0, 2, 5, -1], dtype="int32")})
+
+
+def test_batch_take_with_indices_of_any_shape(tmp_path):
+    """The output has the indices' shape; only their number must be the rows of ``a``."""
+    check(mx.sym.batch_take(x, y), tmp_path,
+          {"x": normal(4, 3), "y": np.array([[0, 5], [-1, 2]], dtype="int32")})
+    check(mx.sym.batch_take(x, y), tmp_path,
+          {"x": normal(2, 3), "y": np.array([1, 7], dtype="int32")},
+          other_batch={"x": normal(3, 3), "y": np.array([2, 0, -4], dtype="int32")})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
+def test_gather_nd_wraps_negative_indices_as_mxnet(dtype, tmp_path):
+    """MXNet reads int(index + size) % size: a float -0.5 reads the last row, not the first."""
+    indices = np.array([[-0.5, 1, 2, -1.5], [-1, 2, -4, 0]], dtype="float32").astype(dtype)
+    check(mx.sym.gather_nd(x, y), tmp_path, {"x": normal(3, 4, 2), "y": indices})
 
 
 def test_gather_nd(tmp_path):
@@ -408,6 +460,21 @@ def test_arange(attrs, tmp_path):
     check(mx.sym.arange(**attrs), tmp_path, {})
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int32", "int64", "int8", "uint8"])
+def test_arange_computes_in_the_dtype_as_mxnet(dtype, tmp_path):
+    """MXNet's range_fwd: start and step become the dtype first (float16 and unsigned types go
+    through an integer, so 1.5 steps by 1 and -3.5 wraps in uint8), integers wrap."""
+    symbol = mx.sym.arange(-3.5, 300, 1.5, repeat=2, dtype=dtype)
+    check(mx.sym.Group([symbol, x + 1]), tmp_path, {"x": normal(1, 2)})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "int32"])
+def test_arange_like_in_the_input_dtype(dtype, tmp_path):
+    data, other = batch_pair(2, 3, dtype=dtype)
+    check(mx.sym.contrib.arange_like(x, start=0.5, step=1.5, repeat=2), tmp_path, {"x": data},
+          other_batch={"x": other})
+
+
 @pytest.mark.parametrize("attrs", [{}, {"start": 1, "step": 2, "repeat": 2}, {"axis": 1},
                                    {"axis": 0, "start": -1, "step": 0.5}], ids=str)
 def test_arange_like(attrs, tmp_path):
@@ -429,6 +496,12 @@ def test_filled_arrays(maker, dtype, tmp_path):
                                    {"N": 4, "k": -2, "dtype": "int32"}], ids=str)
 def test_eye(attrs, tmp_path):
     check(mx.sym.Group([mx.sym.eye(**attrs), x + 1]), tmp_path, {"x": normal(1, 2)})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int8", "uint8", "int64"])
+def test_eye_in_every_dtype(dtype, tmp_path):
+    """(onnxruntime has EyeLike for float32/float64/int32/int64 only.)"""
+    check(mx.sym.Group([mx.sym.eye(3, 4, k=-1, dtype=dtype), x + 1]), tmp_path, {"x": normal(1, 2)})
 
 
 def test_random_ops_give_the_right_shapes_and_ranges(tmp_path):
@@ -454,6 +527,38 @@ def test_random_ops_give_the_right_shapes_and_ranges(tmp_path):
         assert log_probability[0] == 0 and np.allclose(log_probability[1], np.log(0.5))
 
 
+def run_mxnet_group(symbols, inputs):
+    """MXNet's outputs (for their shapes and dtypes: random values cannot match)."""
+    arrays = {k: mx.nd.array(v, dtype=v.dtype) for k, v in inputs.items()}
+    return [o.asnumpy() for o in mx.sym.Group(symbols).bind(mx.cpu(), arrays).forward()]
+
+
+def test_more_random_ops_and_dtypes(tmp_path):
+    """float16 draws (onnxruntime draws float32/float64 only), the *_like forms, exponential,
+    randint: shapes, dtypes and the first two moments (bounds: 5 standard errors or more)."""
+    symbols = [mx.sym.random.uniform(low=2, high=3, shape=(100, 50), dtype="float16"),
+               mx.sym.random.normal(loc=1, scale=2, shape=(100, 50), dtype="float16"),
+               mx.sym.random.normal_like(x, loc=3, scale=0.5),
+               mx.sym.random.exponential(scale=0.25, shape=(100, 50)),
+               mx.sym.random.exponential_like(x, lam=0.5),
+               mx.sym.random.randint(low=-3, high=5, shape=(100, 50))]
+    inputs = {"x": np.zeros((100, 50), dtype="float64")}
+    graph = load(mx.sym.Group(symbols), tmp_path, inputs)
+    reference = run_mxnet_group(symbols, inputs)
+    for opset in (13, 17):
+        outputs = run_onnx(export(graph, opset), inputs)
+        for expected, got in zip(reference, outputs):
+            assert got.shape == expected.shape and got.dtype == expected.dtype
+        uniform, gaussian, gaussian_like, exponential, exponential_like, integers = \
+            [o.astype("float64") for o in outputs]
+        assert 2 <= uniform.min() and uniform.max() <= 3 and abs(uniform.mean() - 2.5) < 0.03
+        assert abs(gaussian.mean() - 1) < 0.15 and abs(gaussian.std() - 2) < 0.1
+        assert abs(gaussian_like.mean() - 3) < 0.04 and abs(gaussian_like.std() - 0.5) < 0.03
+        assert exponential.min() >= 0 and abs(exponential.mean() - 0.25) < 0.02
+        assert exponential_like.min() >= 0 and abs(exponential_like.mean() - 2) < 0.15
+        assert set(np.unique(integers)) == set(range(-3, 5))
+
+
 # --- reordering -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("axis", [0, 1, (1, 2), (2, 0)])
@@ -468,6 +573,17 @@ def test_depth_to_space_and_back(block, tmp_path):
     check(mx.sym.depth_to_space(x, block_size=block), tmp_path, {"x": data}, other_batch={"x": other})
     spatial, spatial3 = batch_pair(1, 2, 3 * block, 2 * block)
     check(mx.sym.space_to_depth(x, block_size=block), tmp_path, {"x": spatial},
+          other_batch={"x": spatial3})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "int8", "float16"])
+def test_depth_to_space_and_back_in_other_dtypes(dtype, tmp_path):
+    """(onnxruntime has no DepthToSpace/SpaceToDepth for int32/int64: lowered to
+    reshape-transpose-reshape.)"""
+    data, other = batch_pair(1, 8, 2, 3, dtype=dtype)
+    check(mx.sym.depth_to_space(x, block_size=2), tmp_path, {"x": data}, other_batch={"x": other})
+    spatial, spatial3 = batch_pair(1, 2, 6, 4, dtype=dtype)
+    check(mx.sym.space_to_depth(x, block_size=2), tmp_path, {"x": spatial},
           other_batch={"x": spatial3})
 
 

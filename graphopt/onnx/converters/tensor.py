@@ -402,7 +402,7 @@ def pick(ctx: ConvertContext, node: Node) -> None:
     index = _index(ctx, node, 1, axis_length(ctx, node, 0, axis), ctx.attr(node, "mode"))
     if len(input_shape(ctx, node, 1)) < len(shape):
         index = unsqueeze(ctx, index, [axis])
-    if ctx.attr(node, "keepdims"):
+    if ctx.attr(node, "keepdims") or len(shape) == 1:  # MXNet has no 0-d result: (1,)
         ctx.emit1("GatherElements", [data, index], ctx.output(node), axis=axis)
     else:
         squeeze(ctx, ctx.emit1("GatherElements", [data, index], axis=axis), [axis], ctx.output(node))
@@ -410,20 +410,33 @@ def pick(ctx: ConvertContext, node: Node) -> None:
 
 @converter("batch_take")
 def batch_take(ctx: ConvertContext, node: Node) -> None:
-    """``out[i] = a[i, indices[i]]`` for a 2-D ``a``, indices clipped."""
+    """``out.flat[i] = a[i, indices.flat[i]]`` for a 2-D ``a``, indices clipped; the output has
+    the indices' shape (any shape of ``a.shape[0]`` elements). MXNet reads past its buffer for
+    an N-D ``a``, which is not lowered."""
+    if len(input_shape(ctx, node, 0)) != 2:
+        raise Unsupported("batch_take of an array that is not 2-D (MXNet reads past its buffer)")
     index = _index(ctx, node, 1, axis_length(ctx, node, 0, 1), "clip")
-    picked = ctx.emit1("GatherElements", [ctx.input(node, 0), unsqueeze(ctx, index, [1])], axis=1)
-    squeeze(ctx, picked, [1], ctx.output(node))
+    column = ctx.emit1("Reshape", [index, ctx.int64s([-1, 1], hint="shape")])
+    picked = ctx.emit1("GatherElements", [ctx.input(node, 0), column], axis=1)
+    ctx.emit1("Reshape", [picked, ctx.emit1("Shape", [ctx.input(node, 1)])], ctx.output(node))
 
 
 @converter("gather_nd")
 def gather_nd(ctx: ConvertContext, node: Node) -> None:
-    """MXNet's index tuples run along axis 0 of ``indices``; ONNX's along the last axis."""
-    rank = len(input_shape(ctx, node, 1))
+    """MXNet's index tuples run along axis 0 of ``indices``; ONNX's along the last axis. MXNet
+    reads ``int(index + size) % size``: a float index is shifted before it is truncated, which
+    differs from truncating first for a negative fraction."""
+    shape = input_shape(ctx, node, 1)
     index = ctx.input(node, 1)
-    if ctx.dtype(node, 1) != "int64":
+    if np.dtype(ctx.dtype(node, 1)).kind == "f":
+        sizes = unsqueeze(ctx, dims(ctx, ctx.input(node, 0), input_shape(ctx, node, 0),
+                                    input_batch_axes(ctx, node, 0), range(shape[0])),
+                          list(range(1, len(shape))))
+        shifted = ctx.emit1("Add", [index, cast(ctx, sizes, ctx.dtype(node, 1))])
+        index = ctx.emit1("Mod", [cast(ctx, shifted, "int64"), sizes], fmod=0)
+    elif ctx.dtype(node, 1) != "int64":
         index = cast(ctx, index, "int64")
-    index = ctx.emit1("Transpose", [index], perm=list(range(1, rank)) + [0])
+    index = ctx.emit1("Transpose", [index], perm=list(range(1, len(shape))) + [0])
     ctx.emit1("GatherND", [ctx.input(node, 0), index], ctx.output(node))
 
 
@@ -594,14 +607,29 @@ def size_array(ctx: ConvertContext, node: Node) -> None:
 
 def arange_values(ctx: ConvertContext, count: str, start: float, step: float, repeat: int,
                   dtype: str, output: str) -> str:
-    """``start + (i // repeat) * step`` for i < count, computed in ``dtype`` as MXNet does."""
+    """``start + (i // repeat) * step`` for i < count, with MXNet's arithmetic (``range_fwd``):
+    ``start`` and ``step`` become ``dtype`` first, through int64 for the types C++ does not
+    call signed (unsigned ones and float16's ``half_t``: truncated); integers are computed in
+    int64 and wrapped into ``dtype``; float16 rounds the product, then the sum."""
+    kind = np.dtype(dtype)
+    if kind.kind == "u" or kind == np.float16:
+        start, step = np.int64(start), np.int64(step)
+    start, step = (np.asarray(v).astype(kind).item() for v in (start, step))
     positions = ctx.emit1("Range", [ctx.constant(np.int64(0)), ctx.emit1("Squeeze", [count]),
                                     ctx.constant(np.int64(1))])
     if repeat != 1:
         positions = ctx.emit1("Div", [positions, ctx.constant(np.int64(repeat))])
-    values = cast(ctx, positions, dtype)
-    values = ctx.emit1("Mul", [values, typed(ctx, step, dtype)])
-    return ctx.emit1("Add", [values, typed(ctx, start, dtype)], output)
+    if kind.kind == "f":
+        compute = "float32" if kind == np.float16 else dtype
+        positions = cast(ctx, positions, compute)
+    else:
+        compute = "int64"
+    values = ctx.emit1("Mul", [positions, typed(ctx, step, compute)])
+    if kind == np.float16:  # half_t(float(i / repeat) * float(step)), then a half_t sum
+        values = cast(ctx, cast(ctx, values, dtype), compute)
+    if compute == dtype:
+        return ctx.emit1("Add", [values, typed(ctx, start, compute)], output)
+    return cast(ctx, ctx.emit1("Add", [values, typed(ctx, start, compute)]), dtype, output)
 
 
 @converter("_arange")
@@ -649,30 +677,73 @@ def full(ctx: ConvertContext, node: Node) -> None:
            ctx.output_dtype(node), ctx.output(node))
 
 
+_EYE_LIKE_TYPES = ("float32", "float64", "int32", "int64")  # onnxruntime's EyeLike kernels
+
+
 @converter("_eye")
 def eye(ctx: ConvertContext, node: Node) -> None:
-    zero = filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), 0, ctx.output_dtype(node))
-    ctx.emit1("EyeLike", [zero], ctx.output(node), k=ctx.attr(node, "k"))
+    """Ones on diagonal ``k`` (``M=0``: as many columns as rows, already in the shape); other
+    dtypes (int8, uint8, float16 ...) are made in float32 and cast."""
+    dtype = ctx.output_dtype(node)
+    compute = dtype if dtype in _EYE_LIKE_TYPES else "float32"
+    zero = filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), 0, compute)
+    if compute == dtype:
+        ctx.emit1("EyeLike", [zero], ctx.output(node), k=ctx.attr(node, "k"))
+    else:
+        cast(ctx, ctx.emit1("EyeLike", [zero], k=ctx.attr(node, "k")), dtype, ctx.output(node))
 
 
-@converter("_random_uniform")
+def _drawn_dtype(ctx: ConvertContext, node: Node) -> str:
+    """onnxruntime draws float32 and float64 only: float16 is drawn (and computed) in float32."""
+    dtype = ctx.output_dtype(node)
+    return dtype if dtype in ("float32", "float64") else "float32"
+
+
+def _draw(ctx: ConvertContext, node: Node, op_type: str, **attrs) -> str:
+    """A Random* node, or its *Like form (shaped like input 0) for a ``_like`` op."""
+    if node.op.endswith("_like"):
+        return ctx.emit1(f"{op_type}Like", [ctx.input(node, 0)],
+                         dtype=onnx_dtype(_drawn_dtype(ctx, node)), **attrs)
+    return ctx.emit1(op_type, [], dtype=onnx_dtype(_drawn_dtype(ctx, node)),
+                     shape=list(output_shape(ctx, node)), **attrs)
+
+
+def _drawn_output(ctx: ConvertContext, node: Node, value: str) -> None:
+    """``value``, in the drawn dtype, as the node's output in its own dtype."""
+    if ctx.output_dtype(node) == _drawn_dtype(ctx, node):
+        ctx.emit1("Identity", [value], ctx.output(node))
+    else:
+        cast(ctx, value, ctx.output_dtype(node), ctx.output(node))
+
+
+@converter("_random_uniform", "_random_uniform_like")
 def random_uniform(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("RandomUniform", [], ctx.output(node), dtype=onnx_dtype(ctx.output_dtype(node)),
-              low=float(ctx.attr(node, "low")), high=float(ctx.attr(node, "high")),
-              shape=list(output_shape(ctx, node)))
+    _drawn_output(ctx, node, _draw(ctx, node, "RandomUniform", low=float(ctx.attr(node, "low")),
+                                   high=float(ctx.attr(node, "high"))))
 
 
-@converter("_random_normal")
+@converter("_random_normal", "_random_normal_like")
 def random_normal(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("RandomNormal", [], ctx.output(node), dtype=onnx_dtype(ctx.output_dtype(node)),
-              mean=float(ctx.attr(node, "loc")), scale=float(ctx.attr(node, "scale")),
-              shape=list(output_shape(ctx, node)))
+    _drawn_output(ctx, node, _draw(ctx, node, "RandomNormal", mean=float(ctx.attr(node, "loc")),
+                                   scale=float(ctx.attr(node, "scale"))))
 
 
-@converter("_random_uniform_like")
-def random_uniform_like(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("RandomUniformLike", [ctx.input(node, 0)], ctx.output(node),
-              low=float(ctx.attr(node, "low")), high=float(ctx.attr(node, "high")))
+@converter("_random_exponential", "_random_exponential_like")
+def random_exponential(ctx: ConvertContext, node: Node) -> None:
+    """-log(1 - u) / lam for u uniform in [0, 1)."""
+    dtype = _drawn_dtype(ctx, node)
+    uniform = _draw(ctx, node, "RandomUniform")
+    log = ctx.emit1("Log", [ctx.emit1("Sub", [typed(ctx, 1, dtype), uniform])])
+    _drawn_output(ctx, node, ctx.emit1("Div", [log, typed(ctx, -ctx.attr(node, "lam"), dtype)]))
+
+
+@converter("_random_randint")
+def random_randint(ctx: ConvertContext, node: Node) -> None:
+    """Integers in [low, high): the floor of a float64 draw in that range."""
+    low, high = ctx.attr(node, "low"), ctx.attr(node, "high")
+    drawn = ctx.emit1("RandomUniform", [], dtype=TensorProto.DOUBLE, low=float(low), high=float(high),
+                      shape=list(output_shape(ctx, node)))
+    cast(ctx, ctx.emit1("Floor", [drawn]), ctx.output_dtype(node), ctx.output(node))
 
 
 @converter("_sample_multinomial")
@@ -715,17 +786,43 @@ def reverse(ctx: ConvertContext, node: Node) -> None:
            [-1] * len(axes), ctx.output(node))
 
 
+def _blocks_moved(ctx: ConvertContext, node: Node, blocks: Sequence[int],
+                  perm: Sequence[int]) -> None:
+    """The reshape-transpose-reshape that DepthToSpace and SpaceToDepth are, for the dtypes
+    onnxruntime has no kernel for (int32, int64, bool)."""
+    dynamic = input_batch_axes(ctx, node, 0)
+    if dynamic - {0}:
+        raise Unsupported("an axis other than 0 follows the batch; export with dynamic_batch=False")
+    blocked = reshape(ctx, ctx.input(node, 0), blocks, dynamic, source_shape=input_shape(ctx, node, 0),
+                      source_dynamic=dynamic)
+    moved = ctx.emit1("Transpose", [blocked], perm=list(perm))
+    reshape_output(ctx, node, moved, ctx.output(node))
+
+
+_DEPTH_SPACE_TYPES = ("float32", "float64", "float16")
+
+
 @converter("depth_to_space")
 def depth_to_space(ctx: ConvertContext, node: Node) -> None:
     """MXNet's order is ONNX's DCR (depth, column, row)."""
-    ctx.emit1("DepthToSpace", [ctx.input(node, 0)], ctx.output(node),
-              blocksize=ctx.attr(node, "block_size"), mode="DCR")
+    block = ctx.attr(node, "block_size")
+    if ctx.dtype(node, 0) in _DEPTH_SPACE_TYPES:
+        ctx.emit1("DepthToSpace", [ctx.input(node, 0)], ctx.output(node), blocksize=block, mode="DCR")
+        return
+    batch, channels, height, width = input_shape(ctx, node, 0)
+    _blocks_moved(ctx, node, (batch, block, block, channels // block ** 2, height, width),
+                  (0, 3, 4, 1, 5, 2))
 
 
 @converter("space_to_depth")
 def space_to_depth(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("SpaceToDepth", [ctx.input(node, 0)], ctx.output(node),
-              blocksize=ctx.attr(node, "block_size"))
+    block = ctx.attr(node, "block_size")
+    if ctx.dtype(node, 0) in _DEPTH_SPACE_TYPES:
+        ctx.emit1("SpaceToDepth", [ctx.input(node, 0)], ctx.output(node), blocksize=block)
+        return
+    batch, channels, height, width = input_shape(ctx, node, 0)
+    _blocks_moved(ctx, node, (batch, channels, height // block, block, width // block, block),
+                  (0, 3, 5, 1, 2, 4))
 
 
 @converter("diag")
