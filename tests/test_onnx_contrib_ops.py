@@ -54,6 +54,19 @@ def test_sequence_mask(shape, axis, lengths, value, tmp_path):
     check(symbol, tmp_path, {"x": normal(*shape), "y": lengths})
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float64"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_sequence_ops_take_lengths_of_any_type(dtype, axis, tmp_path):
+    """MXNet reads the lengths in their own type (float ones truncated); the data stays float32."""
+    lengths = np.array([2, 5, 1], dtype=dtype)
+    shape = (5, 3, 2) if axis == 0 else (3, 5, 2)
+    outputs = [mx.sym.SequenceMask(x, y, use_sequence_length=True, axis=axis, value=2.5),
+               mx.sym.SequenceLast(x, y, use_sequence_length=True, axis=axis)]
+    if axis == 0:  # SequenceReverse: "Only 0 is currently supported"
+        outputs.append(mx.sym.SequenceReverse(x, y, use_sequence_length=True))
+    check(mx.sym.Group(outputs), tmp_path, {"x": normal(*shape), "y": lengths})
+
+
 @pytest.mark.parametrize("op", ["SequenceMask", "SequenceLast", "SequenceReverse"])
 def test_sequence_ops_without_lengths(op, tmp_path):
     check(getattr(mx.sym, op)(x), tmp_path, {"x": normal(4, 3, 2)})
@@ -79,10 +92,16 @@ def test_sequence_ops_keep_the_batch_dynamic(tmp_path):
           other_batch={"x": normal(3, 4, 2), "y": np.array([1, 4, 2], dtype="float32")})
 
 
-@pytest.mark.parametrize("lengths", [[2, 5, 1], [5, 5, 5], [0, 3, 4]])
-def test_sequence_reverse_keeps_padding_in_place(lengths, tmp_path):
+@pytest.mark.parametrize("lengths", [[2, 5, 1], [5, 5, 5], [0, 3, 4], [2.7, 4.2, 0.5]])
+@pytest.mark.parametrize("shape", [(5, 3, 2), (5, 3), (5, 3, 2, 2)], ids=str)
+def test_sequence_reverse_keeps_padding_in_place(lengths, shape, tmp_path):
     symbol = mx.sym.SequenceReverse(x, y, use_sequence_length=True)
-    check(symbol, tmp_path, {"x": normal(5, 3, 2), "y": np.array(lengths, dtype="float32")})
+    check(symbol, tmp_path, {"x": normal(*shape), "y": np.array(lengths, dtype="float32")})
+
+
+def test_sequence_reverse_without_lengths_keeps_the_batch_dynamic(tmp_path):
+    check(mx.sym.SequenceReverse(x), tmp_path, {"x": normal(5, 3, 2)},
+          other_batch={"x": normal(7, 3, 2)})
 
 
 # --- regions of interest ---------------------------------------------------------------------
@@ -91,10 +110,21 @@ ROIS = np.array([[0, 1.0, 1.0, 6.0, 5.0], [1, 0.5, 2.25, 7.5, 7.0], [0, 3.0, 3.0
                  [1, -1.0, -2.0, 9.0, 4.0]], dtype="float32")
 
 
+def _rois(count, size, batch, seed=1):
+    """Rows [batch, x1, y1, x2, y2], some reaching outside a ``size`` x ``size`` image."""
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(-2, size, (count, 2))
+    extent = rng.uniform(0.3, 0.8 * size, (count, 2))
+    index = rng.integers(0, batch, (count, 1))
+    return np.concatenate([index, corner, corner + extent], axis=1).astype("float32")
+
+
 @pytest.mark.parametrize("attrs", [
     {"pooled_size": (2, 2), "spatial_scale": 1.0},
     {"pooled_size": (3, 2), "spatial_scale": 0.5, "sample_ratio": 2},
     {"pooled_size": (2, 3), "spatial_scale": 1.0, "sample_ratio": 1},
+    {"pooled_size": (7, 7), "spatial_scale": 1.0, "sample_ratio": 0},  # adaptive, as -1
+    {"pooled_size": (3, 5), "spatial_scale": 0.25, "sample_ratio": 3},
 ], ids=str)
 def test_roi_align(attrs, tmp_path):
     rois = mx.sym.var("rois")
@@ -130,12 +160,19 @@ def test_roi_align_aligned_needs_opset_16(attrs, tmp_path):
         export(load(symbol, tmp_path, inputs), 13)
 
 
-def test_position_sensitive_roi_align_is_unsupported(tmp_path):
+@pytest.mark.parametrize("attrs", [
+    {"pooled_size": (2, 2), "spatial_scale": 1.0},
+    {"pooled_size": (3, 3), "spatial_scale": 0.5, "sample_ratio": 2},
+    {"pooled_size": (2, 3), "spatial_scale": 0.5, "aligned": True},
+], ids=str)
+def test_position_sensitive_roi_align(attrs, tmp_path):
+    """Output channel c, bin (i, j) pools input channel c * ph * pw + i * pw + j (R-FCN style)."""
+    height, width = attrs["pooled_size"]
     rois = mx.sym.var("rois")
-    symbol = mx.sym.contrib.ROIAlign(x, rois, pooled_size=(2, 2), spatial_scale=1.0,
-                                     position_sensitive=True)
-    with pytest.raises(UnsupportedOpError, match="position-sensitive"):
-        export(load(symbol, tmp_path, {"x": normal(1, 8, 6, 6), "rois": ROIS[:2]}), 17)
+    symbol = mx.sym.contrib.ROIAlign(x, rois, position_sensitive=True, **attrs)
+    check(symbol, tmp_path, {"x": normal(2, 2 * height * width, 16, 16), "rois": _rois(7, 16, 2)},
+          opsets=(16, ROI_OPS_NEWEST_OPSET),
+          other_batch={"x": normal(3, 2 * height * width, 16, 16), "rois": _rois(9, 16, 3)})
 
 
 @pytest.mark.parametrize("attrs", [{"pooled_size": (2, 2), "spatial_scale": 1.0},
@@ -144,6 +181,14 @@ def test_roi_pooling(attrs, tmp_path):
     rois = mx.sym.var("rois")
     check(mx.sym.ROIPooling(x, rois, **attrs), tmp_path,
           {"x": normal(2, 3, 8, 8), "rois": ROIS}, opsets=(13, 17, ROI_OPS_NEWEST_OPSET))
+
+
+def test_roi_pooling_in_float64(tmp_path):
+    """onnxruntime's MaxRoiPool is float32 only: float64 goes through float32 (a max picks an
+    input value, so only its precision beyond float32 is lost: 1e-5 holds)."""
+    rois = mx.sym.var("rois")
+    check(mx.sym.ROIPooling(x, rois, pooled_size=(7, 7), spatial_scale=0.5), tmp_path,
+          {"x": normal(2, 3, 16, 16, dtype="float64"), "rois": _rois(7, 16, 2).astype("float64")})
 
 
 @pytest.mark.parametrize("symbol", [
@@ -177,13 +222,16 @@ def test_box_decode(attrs, tmp_path):
           other_batch={"x": normal(3, 6, 4)})
 
 
-def _detections(batch, count, classes=3, width=6, seed=0):
-    """Rows [id, score, x1, y1, x2, y2] of overlapping boxes with distinct scores."""
+def _detections(batch, count, classes=3, width=6, seed=0, tied=False):
+    """Rows [id, score, x1, y1, x2, y2] of overlapping boxes with distinct scores (``tied``:
+    three score levels shared by many boxes)."""
     rng = np.random.default_rng(seed)
     corner = rng.uniform(0, 6, (batch, count, 2))
     size = rng.uniform(2, 5, (batch, count, 2))
     ids = rng.integers(0, classes, (batch, count, 1))
     scores = rng.permutation(batch * count).reshape(batch, count, 1) / (batch * count) + 0.01
+    if tied:
+        scores = rng.integers(1, 4, (batch, count, 1)) / 4
     rows = [ids, scores, corner, corner + size]
     if width > 6:
         rows.append(rng.standard_normal((batch, count, width - 6)))
@@ -201,6 +249,11 @@ NMS_CASES = [
     {"valid_thresh": 0.4},
     {"out_format": "center"},
     {"id_index": 0, "overlap_thresh": 0.1, "valid_thresh": 0.2, "topk": 6},
+    {"topk": 0},  # MXNet: "topk < 1" returns the input unchanged
+    {"topk": 25, "id_index": 0},  # more than there are boxes
+    {"id_index": 0, "background_id": 2, "force_suppress": True},
+    {"overlap_thresh": 0.0},
+    {"valid_thresh": -0.5, "overlap_thresh": 1.0},
 ]
 
 
@@ -216,6 +269,40 @@ def test_box_nms_in_other_float_types(dtype, tmp_path):
     (1e-3: float16 rows.)"""
     data = _detections(2, 6).astype(dtype)
     check(mx.sym.contrib.box_nms(x, id_index=0), tmp_path, {"x": data}, tolerance=1e-3)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"id_index": 0}, {"id_index": 0, "topk": 5}], ids=str)
+def test_box_nms_with_tied_scores(attrs, tmp_path):
+    """MXNet sorts with a stable sort: of equal scores, the earlier box comes first, suppresses
+    and is kept by topk."""
+    check(mx.sym.contrib.box_nms(x, **attrs), tmp_path, {"x": _detections(2, 12, tied=True)})
+
+
+@pytest.mark.parametrize("attrs", [{"id_index": 0}, {"id_index": 0, "force_suppress": True},
+                                   {"id_index": 0, "background_id": 0}], ids=str)
+def test_box_nms_drops_the_background_class_even_at_its_default(attrs, tmp_path):
+    """MXNet 1.9.1 drops rows whose id equals background_id (float equality: 1.5 is not 1) as
+    soon as there is an id_index, even at the default background_id=-1, the id MultiBoxDetection
+    gives rows without a detection (measured: ids [-1, -2, 0, 1.5, 1, -0.5, 2] keep all but -1)."""
+    data = _detections(2, 12)
+    data[:, ::3, 0] = -1
+    data[:, 1::4, 0] += 0.5
+    check(mx.sym.contrib.box_nms(x, **attrs), tmp_path, {"x": data})
+
+
+def test_box_nms_on_2d_input_follows_the_number_of_boxes(tmp_path):
+    """A 2-D (N, K) input: its first axis, the number of boxes, follows the batch size of a
+    dynamic-batch export, so NMS must take N at run time."""
+    check(mx.sym.contrib.box_nms(x, id_index=0, topk=8), tmp_path, {"x": _detections(1, 10)[0]},
+          other_batch={"x": _detections(1, 14, seed=2)[0]})
+
+
+def test_box_nms_as_a_region_proposal_network_uses_it(tmp_path):
+    """Faster R-CNN proposals: rows [score, x1, y1, x2, y2], no class, topk before NMS."""
+    data = _detections(2, 12)[..., 1:]
+    symbol = mx.sym.contrib.box_nms(x, overlap_thresh=0.7, topk=6, coord_start=1, score_index=0,
+                                    id_index=-1, force_suppress=True)
+    check(symbol, tmp_path, {"x": data}, other_batch={"x": _detections(3, 12, seed=4)[..., 1:]})
 
 
 def test_box_nms_center_format_and_other_columns(tmp_path):
@@ -241,8 +328,9 @@ def test_box_nms_over_several_batch_axes(tmp_path):
 
 # --- attention over interleaved projections ----------------------------------------------------
 
-def test_self_attention_from_interleaved_projections(tmp_path):
-    heads, head_dim, time, batch = 2, 3, 4, 2
+@pytest.mark.parametrize("heads,head_dim,batch", [(2, 3, 2), (1, 4, 1), (4, 2, 3)])
+def test_self_attention_from_interleaved_projections(heads, head_dim, batch, tmp_path):
+    time = 4
     qkv = normal(time, batch, heads * 3 * head_dim)
     scores = mx.sym.contrib.interleaved_matmul_selfatt_qk(x, heads=heads)
     attention = mx.sym.softmax(scores, axis=-1)
@@ -251,8 +339,8 @@ def test_self_attention_from_interleaved_projections(tmp_path):
           other_batch={"x": normal(2 * time, batch, heads * 3 * head_dim)})
 
 
-def test_encoder_decoder_attention_from_interleaved_projections(tmp_path):
-    heads, head_dim, batch = 2, 3, 2
+@pytest.mark.parametrize("heads,head_dim,batch", [(2, 3, 2), (1, 4, 1), (4, 2, 3)])
+def test_encoder_decoder_attention_from_interleaved_projections(heads, head_dim, batch, tmp_path):
     queries = normal(4, batch, heads * head_dim)
     keys_values = normal(5, batch, heads * 2 * head_dim)
     scores = mx.sym.contrib.interleaved_matmul_encdec_qk(x, y, heads=heads)

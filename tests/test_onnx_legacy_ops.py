@@ -38,6 +38,20 @@ def test_sync_batchnorm(attrs, tmp_path):
     check(symbol, tmp_path, {"data": X}, bn_params("bn"), other_batch={"data": OTHER_BATCH})
 
 
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 4, 4)], ids=str)
+def test_legacy_batchnorms_on_other_ranks(shape, tmp_path):
+    """Channels on axis 1 of (N, C) features and of 3-D volumes too."""
+    data = mx.sym.var("data")
+    symbol = mx.sym.Group([
+        mx.sym.contrib.SyncBatchNorm(data, key="bn_key", name="sync", fix_gamma=False),
+        mx.sym.contrib.SyncBatchNorm(data, key="bn_key2", name="bn", use_global_stats=True)])
+    if len(shape) == 2:  # BatchNorm_v1 takes (N, C) or (N, C, H, W)
+        symbol = mx.sym.Group([symbol, mx.sym.BatchNorm_v1(data, name="v1")])
+    params = {**bn_params("sync"), **bn_params("bn"), **bn_params("v1")}
+    params = {k: v for k, v in params.items() if k in symbol.list_inputs()}
+    check(symbol, tmp_path, {"data": RNG.standard_normal(shape).astype(np.float32)}, params)
+
+
 @pytest.mark.parametrize("attrs", [{}, {"fix_gamma": False}])
 def test_batchnorm_with_relu(attrs, tmp_path):
     symbol = mx.sym.contrib.BatchNormWithReLU(mx.sym.var("data"), name="bn", **attrs)
@@ -62,11 +76,27 @@ def test_convolution_v1(attrs, tmp_path):
     {"kernel": (3, 3), "stride": (2, 2)},
     {"kernel": (3, 3), "stride": (2, 2), "pad": (1, 1), "pool_type": "avg", "pooling_convention": "full"},
     {"kernel": (2, 2), "pool_type": "sum"},
+    {"kernel": (2, 3), "stride": (1, 2), "pad": (1, 0), "pool_type": "sum"},
     {"global_pool": True, "pool_type": "avg", "kernel": (1, 1)},
-])
+    {"global_pool": True, "pool_type": "sum", "kernel": (3, 3), "pad": (1, 1)},
+], ids=str)
 def test_pooling_v1(attrs, tmp_path):
     symbol = mx.sym.Pooling_v1(mx.sym.var("data"), name="pool", **attrs)
     check(symbol, tmp_path, {"data": X}, other_batch={"data": OTHER_BATCH})
+
+
+@pytest.mark.parametrize("pool_type", ["max", "avg", "sum"])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 1), (2, 1)], ids=str)
+def test_pooling_v1_pads_with_zeros_and_clips_full_windows(pool_type, pad, tmp_path):
+    """Pooling_v1 pads with zeros whatever the pool type (a max over negative data is 0 at a
+    padded border), clips "full" windows to the padded input and divides an average by the
+    whole kernel (pooling_v1-inl.h: pool<Reducer>(pad(data), ...) * 1 / (kernel_h * kernel_w)).
+    10 x 10 with kernel 3, stride 2: the last "full" window runs past the input."""
+    negative = -np.abs(RNG.standard_normal((2, 3, 10, 10))).astype(np.float32) - 0.1
+    for convention in ("valid", "full"):
+        symbol = mx.sym.Pooling_v1(mx.sym.var("data"), kernel=(3, 3), stride=(2, 2), pad=pad,
+                                   pool_type=pool_type, pooling_convention=convention)
+        check(symbol, tmp_path, {"data": negative})
 
 
 @pytest.mark.parametrize("attrs", [

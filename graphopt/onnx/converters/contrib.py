@@ -9,8 +9,9 @@ import numpy as np
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import ConvertContext, Unsupported, converter
 from graphopt.onnx.converters.tensor import (INT64_MAX, INT64_MIN, axis_length, cast, filled,
-                                             input_shape, normalize_axis, reshape, reshape_output,
-                                             runtime_dims, slice_value, typed, unsqueeze)
+                                             input_batch_axes, input_shape, normalize_axis,
+                                             output_shape, reshape_output, runtime_dims,
+                                             slice_value, typed, unsqueeze)
 
 # --- small contrib math ------------------------------------------------------------------------
 
@@ -91,14 +92,16 @@ def sequence_reverse(ctx: ConvertContext, node: Node) -> None:
 # --- regions of interest ---------------------------------------------------------------------
 
 # Opset 22 re-versioned RoiAlign and MaxRoiPool (new types only); onnxruntime 1.32 has no
-# kernel for either version 22, so a model would fail to load: refuse, naming the opset to use.
+# kernel for either version 22 (measured: "Could not find an implementation for RoiAlign(22)"
+# at load, for opsets 22 and 23), so a model would fail to load: refuse, naming the opset to use.
 ROI_OPS_NEWEST_OPSET = 21
 
 
 def _check_roi_opset(ctx: ConvertContext, op_type: str) -> None:
     if ctx.opset > ROI_OPS_NEWEST_OPSET:
-        raise Unsupported(f"onnxruntime has no {op_type} kernel for opset {ctx.opset}; export at "
-                          f"opset {ROI_OPS_NEWEST_OPSET} or lower")
+        raise Unsupported(f"opset {ctx.opset} has {op_type} version 22, for which onnxruntime has "
+                          f"no kernel (the model would not load); export at opset "
+                          f"{ROI_OPS_NEWEST_OPSET} or lower")
 
 
 def _roi_parts(ctx: ConvertContext, node: Node) -> tuple[str, str]:
@@ -113,9 +116,12 @@ def _roi_parts(ctx: ConvertContext, node: Node) -> tuple[str, str]:
 def roi_align(ctx: ConvertContext, node: Node) -> None:
     """Average RoIAlign. ``aligned`` is the half-pixel convention, which ONNX has from opset 16
     (where the default changed, so the mode is always written). A negative batch index gives
-    zeros, as MXNet documents (its 1.9.1 CPU kernel leaves that output uninitialised)."""
-    if ctx.attr(node, "position_sensitive"):
-        raise Unsupported("position-sensitive ROIAlign has no ONNX form")
+    zeros, as MXNet documents (its 1.9.1 CPU kernel leaves that output uninitialised).
+
+    ``position_sensitive``: output channel ``c``, bin ``(i, j)`` reads input channel
+    ``c * ph * pw + i * pw + j``. RoiAlign pools every input channel into every bin, and the
+    diagonal (channel block ``i * pw + j`` at bin ``(i, j)``) is gathered: ``ph * pw`` times the
+    work of the pooling itself, for an exact result."""
     _check_roi_opset(ctx, "RoiAlign")
     aligned = ctx.attr(node, "aligned")
     if aligned and ctx.opset < 16:
@@ -130,16 +136,37 @@ def roi_align(ctx: ConvertContext, node: Node) -> None:
                        output_height=height, output_width=width,
                        sampling_ratio=max(ctx.attr(node, "sample_ratio"), 0),
                        spatial_scale=float(ctx.attr(node, "spatial_scale")), **mode)
+    if ctx.attr(node, "position_sensitive"):
+        pooled = _bin_diagonal(ctx, pooled, output_shape(ctx, node)[1], height, width)
     zero = typed(ctx, 0, ctx.output_dtype(node))
     ctx.emit1("Where", [unsqueeze(ctx, ignored, [1, 2, 3]), zero, pooled], ctx.output(node))
 
 
+def _bin_diagonal(ctx: ConvertContext, pooled: str, channels: int, height: int, width: int) -> str:
+    """(R, channels * bins, ph, pw) -> (R, channels, ph, pw): bin ``k`` of channel block ``k``
+    (``bins = ph * pw``; flattened, block ``k`` and bin ``k`` meet at ``k * (bins + 1)``)."""
+    bins = height * width
+    flat = ctx.emit1("Reshape", [pooled, ctx.int64s([0, channels, bins * bins], hint="shape")])
+    diagonal = ctx.emit1("Gather", [flat, ctx.int64s(range(0, bins * bins, bins + 1), hint="bins")],
+                         axis=2)
+    return ctx.emit1("Reshape", [diagonal, ctx.int64s([0, channels, height, width], hint="shape")])
+
+
 @converter("ROIPooling")
 def roi_pooling(ctx: ConvertContext, node: Node) -> None:
+    """MaxRoiPool (float32 only in onnxruntime: other float types go through float32; a max
+    picks one input value, so only float64 values beyond float32 precision change)."""
     _check_roi_opset(ctx, "MaxRoiPool")
-    ctx.emit1("MaxRoiPool", [ctx.input(node, 0), ctx.input(node, 1)], ctx.output(node),
-              pooled_shape=list(ctx.attr(node, "pooled_size")),
-              spatial_scale=float(ctx.attr(node, "spatial_scale")))
+    dtype, output = ctx.dtype(node, 0), ctx.output(node)
+    data, rois = ctx.input(node, 0), ctx.input(node, 1)
+    through_float32 = dtype != "float32"
+    if through_float32:
+        data, rois = cast(ctx, data, "float32"), cast(ctx, rois, "float32")
+    pooled = ctx.emit1("MaxRoiPool", [data, rois], None if through_float32 else output,
+                       pooled_shape=list(ctx.attr(node, "pooled_size")),
+                       spatial_scale=float(ctx.attr(node, "spatial_scale")))
+    if through_float32:
+        cast(ctx, pooled, dtype, output)
 
 
 # --- boxes -----------------------------------------------------------------------------------
@@ -195,18 +222,21 @@ def box_nms(ctx: ConvertContext, node: Node) -> None:
     Boxes are candidates when their score exceeds ``valid_thresh``, their class is not
     ``background_id`` and they are among the ``topk`` best; NonMaxSuppression runs on them, per
     class (a score column per class id present) unless ``force_suppress`` or no ``id_index``.
-    Class ids are taken as integers. A box with a negative width or height has no area in
-    MXNet; ONNX orders its corners instead (only such malformed boxes can differ)."""
-    shape = input_shape(ctx, node, 0)
-    boxes_per_batch, width = shape[-2:]
-    dtype = ctx.dtype(node, 0)
+    As in MXNet 1.9.1: with an ``id_index``, rows whose id equals ``background_id`` are dropped
+    even at its default of -1 (the id of "no detection" rows); ``topk=0`` returns the input as
+    it is; classes are compared as integers (truncated ids). A box with a negative width or
+    height has no area in MXNet; ONNX orders its corners instead (only such malformed boxes
+    can differ)."""
+    topk, dtype = ctx.attr(node, "topk"), ctx.dtype(node, 0)
+    if topk == 0:  # MXNet: "topk < 1" returns its input unchanged
+        ctx.emit1("Identity", [ctx.input(node, 0)], ctx.output(node))
+        return
+    data, count, boxes_per_batch = _boxes_by_batch(ctx, node)
     score_index, coord_start, id_index = (ctx.attr(node, k)
                                           for k in ("score_index", "coord_start", "id_index"))
-    topk, background = ctx.attr(node, "topk"), ctx.attr(node, "background_id")
     per_class = id_index >= 0 and not ctx.attr(node, "force_suppress")
     in_format, out_format = ctx.attr(node, "in_format"), ctx.attr(node, "out_format")
 
-    data = reshape(ctx, ctx.input(node, 0), (-1, boxes_per_batch, width))  # (B, N, K)
     scores = ctx.emit1("Gather", [data, ctx.constant(np.int64(score_index))], axis=2)  # (B, N)
     boxes = slice_value(ctx, data, [coord_start], [coord_start + 4], [2])
     lowest = typed(ctx, -np.inf, dtype)
@@ -214,43 +244,64 @@ def box_nms(ctx: ConvertContext, node: Node) -> None:
     ids = None
     if id_index >= 0:
         ids = ctx.emit1("Gather", [data, ctx.constant(np.int64(id_index))], axis=2)
-    if ids is not None and background >= 0:
-        valid = ctx.emit1("And", [valid, ctx.emit1("Not", [ctx.emit1("Equal", [
-            ids, typed(ctx, background, dtype)])])])
+        background = typed(ctx, ctx.attr(node, "background_id"), dtype)
+        valid = ctx.emit1("And", [valid, ctx.emit1("Not", [ctx.emit1("Equal", [ids, background])])])
     candidates = ctx.emit1("Where", [valid, scores, lowest])
-    if 0 <= topk < boxes_per_batch:
-        candidates = _only_best(ctx, candidates, topk, boxes_per_batch, lowest)
+    if topk > 0 and (boxes_per_batch is None or topk < boxes_per_batch):
+        candidates = _only_best(ctx, candidates, topk, count, lowest)
     if per_class:
         class_scores = _scores_per_class(ctx, candidates, ids, valid, lowest)
     else:
         class_scores = unsqueeze(ctx, candidates, [1])  # (B, 1, N)
     if dtype != "float32":  # NonMaxSuppression takes float32 only
         boxes, class_scores = cast(ctx, boxes, "float32"), cast(ctx, class_scores, "float32")
+    # non-candidates score -inf: the score threshold only has to exclude them (valid_thresh,
+    # compared above in the data's type, would be compared again in float32)
     selected = ctx.emit1("NonMaxSuppression", [
-        boxes, class_scores, ctx.int64s([boxes_per_batch]),
-        typed(ctx, [ctx.attr(node, "overlap_thresh")], "float32"),
-        typed(ctx, [ctx.attr(node, "valid_thresh")], "float32")],
+        boxes, class_scores, count, typed(ctx, [ctx.attr(node, "overlap_thresh")], "float32"),
+        typed(ctx, [np.finfo(np.float32).min], "float32")],
         center_point_box=int(in_format == "center"))
     # keep[b, n]: selected by NMS; rows then sorted by kept score, others filled with -1
     batch_and_box = ctx.emit1("Gather", [selected, ctx.int64s([0, 2])], axis=1)
     nothing = filled(ctx, ctx.emit1("Shape", [scores]), 0, "bool")
     trues = filled(ctx, runtime_dims(ctx, selected, [0]), 1, "bool")
     keep = ctx.emit1("ScatterND", [nothing, batch_and_box, trues])
-    order = ctx.emit("TopK", [ctx.emit1("Where", [keep, scores, lowest]),
-                              ctx.int64s([boxes_per_batch])], 2, axis=1, largest=1, sorted=1)[1]
+    order = ctx.emit("TopK", [ctx.emit1("Where", [keep, scores, lowest]), count], 2,
+                     axis=1, largest=1, sorted=1)[1]
     rows = ctx.emit1("GatherND", [data, unsqueeze(ctx, order, [2])], batch_dims=1)
     if in_format != out_format:
-        rows = _convert_format(ctx, rows, coord_start, width, in_format, dtype)
+        rows = _convert_format(ctx, rows, coord_start, input_shape(ctx, node, 0)[-1], in_format,
+                               dtype)
     kept = unsqueeze(ctx, ctx.emit1("GatherElements", [keep, order], axis=1), [2])
     result = ctx.emit1("Where", [kept, rows, typed(ctx, -1, dtype)])
     reshape_output(ctx, node, result, ctx.output(node), source_slot=None)
 
 
-def _only_best(ctx: ConvertContext, candidates: str, topk: int, count: int, lowest: str) -> str:
+def _boxes_by_batch(ctx: ConvertContext, node: Node) -> tuple[str, str, int | None]:
+    """The input as (B, N, K) (MXNet folds every axis before the last two into B), N as a
+    1-element int64 value, and N when it is static. N is read at run time when the box axis
+    follows the batch (a 2-D input of a dynamic-batch export)."""
+    shape = input_shape(ctx, node, 0)
+    box_axis, dynamic = len(shape) - 2, input_batch_axes(ctx, node, 0)
+    if box_axis not in dynamic:
+        target = [-1, shape[-2], shape[-1]]
+    elif not any(axis < box_axis for axis in dynamic):
+        target = [int(np.prod(shape[:-2])), -1, shape[-1]]
+    else:
+        raise Unsupported("both the box axis and a batch axis follow the batch size; export "
+                          "with dynamic_batch=False")
+    data = ctx.emit1("Reshape", [ctx.input(node, 0), ctx.int64s(target, hint="shape")])
+    if box_axis in dynamic:
+        return data, runtime_dims(ctx, data, [1]), None
+    return data, ctx.int64s([shape[-2]]), shape[-2]
+
+
+def _only_best(ctx: ConvertContext, candidates: str, topk: int, count: str, lowest: str) -> str:
     """Keep the ``topk`` best scores of each batch (ties: the earlier box), others to lowest."""
-    order = ctx.emit("TopK", [candidates, ctx.int64s([count])], 2, axis=1, largest=1, sorted=1)[1]
-    ranks_in_order = ctx.emit1("Expand", [ctx.constant(np.arange(count, dtype=np.int64)[None, :],
-                                                       hint="ranks"), ctx.emit1("Shape", [order])])
+    order = ctx.emit("TopK", [candidates, count], 2, axis=1, largest=1, sorted=1)[1]
+    positions = ctx.emit1("Range", [ctx.constant(np.int64(0)), ctx.emit1("Squeeze", [count]),
+                                    ctx.constant(np.int64(1))])
+    ranks_in_order = ctx.emit1("Expand", [positions, ctx.emit1("Shape", [order])])
     # ranks[b, order[b, j]] = j; order is a permutation, so every element of the template
     # (order itself) is overwritten
     ranks = ctx.emit1("ScatterElements", [order, order, ranks_in_order], axis=1)
