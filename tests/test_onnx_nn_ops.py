@@ -77,8 +77,8 @@ def _write(symbol: mx.sym.Symbol, params: dict, aux: dict, folder: Path) -> tupl
     symbol.save(str(symbol_path))
     if not params and not aux:
         return symbol_path, None
-    arrays = {f"arg:{k}": mx.nd.array(v) for k, v in params.items()}
-    arrays.update({f"aux:{k}": mx.nd.array(v) for k, v in aux.items()})
+    arrays = {f"arg:{k}": mx.nd.array(v, dtype=v.dtype) for k, v in params.items()}
+    arrays.update({f"aux:{k}": mx.nd.array(v, dtype=v.dtype) for k, v in aux.items()})
     mx.nd.save(str(params_path), arrays)
     return symbol_path, params_path
 
@@ -186,6 +186,12 @@ def _nodes(model: onnx.ModelProto) -> list[str]:
                                           name="op"), (3, 11)),
     Case("3d", lambda: mx.sym.Convolution(data, kernel=(2, 3, 3), num_filter=3, pad=(1, 1, 0),
                                           layout="NCDHW", name="op"), (2, 4, 5, 6)),
+    Case("1d-grouped-dilated", lambda: mx.sym.Convolution(
+        data, kernel=(3,), num_filter=4, num_group=2, dilate=(2,), stride=(2,), pad=(2,), layout="NCW",
+        name="op"), (4, 13)),
+    Case("3d-grouped-strided-dilated", lambda: mx.sym.Convolution(
+        data, kernel=(2, 3, 1), num_filter=4, num_group=2, dilate=(2, 1, 1), stride=(1, 2, 2),
+        pad=(1, 0, 1), no_bias=True, name="op"), (2, 5, 6, 7)),
 )
 def test_convolution(case, tmp_path):
     check(case, tmp_path)
@@ -213,6 +219,12 @@ def test_convolution(case, tmp_path):
                                             adj=(1,), name="op"), (2, 7)),
     Case("3d", lambda: mx.sym.Deconvolution(data, kernel=(2, 2, 2), num_filter=2, stride=(2, 2, 2),
                                             name="op"), (3, 3, 3, 4)),
+    Case("3d-grouped-pad-adj-bias", lambda: mx.sym.Deconvolution(
+        data, kernel=(3, 3, 3), num_filter=4, num_group=2, stride=(2, 2, 2), pad=(1, 1, 1),
+        adj=(1, 0, 1), no_bias=False, name="op"), (4, 3, 3, 3)),
+    Case("1d-target-shape", lambda: mx.sym.Deconvolution(
+        data, kernel=(4,), num_filter=3, stride=(3,), target_shape=(18,), name="op"), (2, 6),
+        native_reference=True),
 )
 def test_deconvolution(case, tmp_path):
     check(case, tmp_path)
@@ -224,6 +236,8 @@ def test_deconvolution(case, tmp_path):
     Case("no-flatten-3d", lambda: mx.sym.FullyConnected(data, num_hidden=5, flatten=False, name="op"), (4, 6)),
     Case("no-flatten-4d-no-bias", lambda: mx.sym.FullyConnected(
         data, num_hidden=3, flatten=False, no_bias=True, name="op"), (2, 4, 6)),
+    Case("no-flatten-2d", lambda: mx.sym.FullyConnected(data, num_hidden=5, flatten=False, name="op"), (4,)),
+    Case("no-flatten-5d", lambda: mx.sym.FullyConnected(data, num_hidden=5, flatten=False, name="op"), (2, 3, 2, 4)),
 )
 def test_fully_connected(case, tmp_path):
     check(case, tmp_path)
@@ -273,6 +287,7 @@ def test_instance_norm(case, tmp_path):
 @cases(
     Case("last-axis", lambda: mx.sym.LayerNorm(data, name="op"), (3, 6)),
     Case("axis-1", lambda: mx.sym.LayerNorm(data, axis=1, eps=1e-3, name="op"), (5, 4, 3)),
+    Case("axis-minus-2-4d", lambda: mx.sym.LayerNorm(data, axis=-2, name="op"), (3, 4, 5)),
     Case("2d", lambda: mx.sym.LayerNorm(data, name="op"), (8,)),
 )
 def test_layer_norm(case, tmp_path):
@@ -283,6 +298,7 @@ def test_layer_norm(case, tmp_path):
     Case("one-group", lambda: mx.sym.GroupNorm(data, name="op"), (4, 3, 3)),
     Case("two-groups", lambda: mx.sym.GroupNorm(data, num_groups=2, eps=1e-3, name="op"), (6, 3, 2)),
     Case("3d-input", lambda: mx.sym.GroupNorm(data, num_groups=3, name="op"), (6, 5)),
+    Case("5d-input", lambda: mx.sym.GroupNorm(data, num_groups=2, name="op"), (4, 2, 3, 2)),
 )
 def test_group_norm(case, tmp_path):
     check(case, tmp_path)
@@ -293,6 +309,8 @@ def test_group_norm(case, tmp_path):
     Case("channel", lambda: mx.sym.L2Normalization(data, mode="channel", name="op"), (3, 4, 4)),
     Case("spatial", lambda: mx.sym.L2Normalization(data, mode="spatial", eps=1e-4, name="op"), (3, 4, 4)),
     Case("2d", lambda: mx.sym.L2Normalization(data, name="op"), (5,)),
+    Case("channel-5d", lambda: mx.sym.L2Normalization(data, mode="channel", name="op"), (3, 2, 2, 2)),
+    Case("spatial-3d", lambda: mx.sym.L2Normalization(data, mode="spatial", name="op"), (3, 5)),
 )
 def test_l2_normalization(case, tmp_path):
     check(case, tmp_path)
@@ -302,6 +320,7 @@ def test_l2_normalization(case, tmp_path):
     Case("nsize-3", lambda: mx.sym.LRN(data, nsize=3, name="op"), (5, 4, 4)),
     Case("nsize-5-explicit", lambda: mx.sym.LRN(data, nsize=5, alpha=1e-2, beta=0.5, knorm=1.0,
                                                 name="op"), (7, 3, 3)),
+    Case("nsize-1", lambda: mx.sym.LRN(data, nsize=1, alpha=0.5, beta=0.3, knorm=0.7, name="op"), (3, 2, 2)),
 )
 def test_lrn(case, tmp_path):
     check(case, tmp_path)
@@ -352,6 +371,24 @@ def test_pooling(case, tmp_path):
     Case("sum", pool(kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="sum", pooling_convention="full"), (2, 6, 6)),
     Case("lp-2", pool(kernel=(3, 3), stride=(2, 2), pool_type="lp", p_value=2, pooling_convention="full"), (2, 8, 8)),
     Case("1d-avg", pool(kernel=(2,), stride=(2,), pad=(1,), pool_type="avg", pooling_convention="full"), (2, 5)),
+    # a stride beyond the kernel: the end padding reaches the kernel size, which onnxruntime
+    # refuses ("Pad should be smaller than kernel"), and the last window may hold no input at
+    # all (MXNet: the lowest float for max, 0 for sum and avg; NaN for 3-D avg without
+    # count_include_pad, 0/0, measured on the native and oneDNN kernels alike)
+    Case("max-stride-beyond-kernel", pool(kernel=(2,), stride=(4,), pad=(1,), pooling_convention="full"), (2, 5)),
+    Case("max-3d-stride-beyond-kernel", pool(kernel=(2, 3, 2), stride=(2, 2, 3), pad=(1, 1, 0),
+                                             pooling_convention="full"), (2, 5, 6, 7)),
+    Case("avg-stride-beyond-kernel", pool(kernel=(2, 2), stride=(4, 3), pad=(1, 1), pool_type="avg",
+                                          pooling_convention="full"), (2, 5, 6)),
+    Case("avg-exclude-pad-empty-window", pool(kernel=(2, 3), stride=(2, 4), pad=(1, 1), pool_type="avg",
+                                              count_include_pad=False, pooling_convention="full"), (2, 5, 6)),
+    Case("avg-3d-exclude-pad-empty-window", pool(kernel=(2, 3, 2), stride=(2, 2, 3), pad=(1, 1, 0),
+                                                 pool_type="avg", count_include_pad=False,
+                                                 pooling_convention="full"), (2, 5, 6, 7)),
+    Case("sum-3d-stride-beyond-kernel", pool(kernel=(2, 3, 2), stride=(2, 2, 3), pad=(1, 1, 0),
+                                             pool_type="sum", pooling_convention="full"), (2, 5, 6, 7)),
+    Case("lp-2-stride-beyond-kernel", pool(kernel=(2, 2), stride=(3, 3), pool_type="lp", p_value=2,
+                                           pooling_convention="full"), (2, 7, 8)),
 )
 def test_pooling_full_convention(case, tmp_path):
     models = check(case, tmp_path)
@@ -370,8 +407,23 @@ def test_pooling_full_convention(case, tmp_path):
                                         stride=(2, 2)), (3, 5, 6)),
     Case("1d-max", pool(global_pool=True), (3, 7)),
     Case("3d-avg", pool(global_pool=True, pool_type="avg"), (2, 3, 4, 5)),
+    Case("3d-lp-3", pool(global_pool=True, pool_type="lp", p_value=3), (2, 2, 3, 3), tolerance=3e-5),
 )
 def test_global_pooling(case, tmp_path):
+    check(case, tmp_path)
+
+
+@cases(
+    # MXNet's CPU pooling runs channels-last layouts too (its convolutions do not)
+    Case("nhwc-max", pool(kernel=(3, 3), stride=(2, 2), pad=(1, 1), layout="NHWC"), (6, 7, 3)),
+    Case("nhwc-avg-full-exclude-pad", pool(kernel=(3, 2), stride=(2, 2), pad=(1, 1), layout="NHWC",
+                                           pool_type="avg", count_include_pad=False,
+                                           pooling_convention="full"), (6, 7, 3)),
+    Case("nwc-sum", pool(kernel=(3,), stride=(2,), layout="NWC", pool_type="sum"), (9, 3)),
+    Case("ndhwc-avg", pool(kernel=(2, 2, 2), stride=(2, 2, 2), layout="NDHWC", pool_type="avg"), (4, 4, 5, 2)),
+    Case("nhwc-global-lp-2", pool(global_pool=True, layout="NHWC", pool_type="lp", p_value=2), (4, 5, 3)),
+)
+def test_channels_last_pooling(case, tmp_path):
     check(case, tmp_path)
 
 
@@ -402,6 +454,8 @@ def test_activation(act_type, tmp_path):
     Case("prelu-2d", lambda: mx.sym.LeakyReLU(data, act_type="prelu", name="op"), (4,)),
     Case("prelu-shared-slope", lambda: mx.sym.LeakyReLU(data, gamma=mx.sym.var("op_gamma", shape=(1,)),
                                                         act_type="prelu", name="op"), (3, 4, 4)),
+    Case("prelu-5d", lambda: mx.sym.LeakyReLU(data, act_type="prelu", name="op"), (3, 2, 2, 2)),
+    Case("elu-4d", lambda: mx.sym.LeakyReLU(data, act_type="elu", slope=0.7, name="op"), (3, 4, 5)),
     Case("elu-default", lambda: mx.sym.LeakyReLU(data, act_type="elu", name="op"), (3, 4)),
     Case("elu-slope", lambda: mx.sym.LeakyReLU(data, act_type="elu", slope=1.0, name="op"), (3, 4)),
     Case("selu", lambda: mx.sym.LeakyReLU(data, act_type="selu", name="op"), (3, 4)),
@@ -422,6 +476,11 @@ def _lengths(rng, batch):
     return rng.randint(0, 6, size=(batch, 3)).astype(np.int32)
 
 
+def _lengths_of_4(rng, batch):
+    # softmax over axis 1 (size 4) of (batch, 4, 5): one length per (batch, column)
+    return rng.randint(0, 5, size=(batch, 5)).astype(np.int32)
+
+
 @cases(
     Case("default-axis", lambda: mx.sym.softmax(data, name="op"), (3, 5)),
     Case("axis-1", lambda: mx.sym.softmax(data, axis=1, name="op"), (3, 5)),
@@ -432,6 +491,13 @@ def _lengths(rng, batch):
     Case("dtype-float64", lambda: mx.sym.softmax(data, dtype="float64", name="op"), (3, 5)),
     Case("use-length", lambda: mx.sym.softmax(data, mx.sym.var("length"), use_length=True, name="op"),
          (3, 5), inputs={"length": _lengths}),
+    Case("axis-0", lambda: mx.sym.softmax(data, axis=0, name="op"), (3, 5)),
+    Case("axis-minus-3-temperature", lambda: mx.sym.softmax(data, axis=-3, temperature=0.3, name="op"), (3, 5)),
+    Case("use-length-axis-1", lambda: mx.sym.softmax(data, mx.sym.var("length"), axis=1, use_length=True,
+                                                     name="op"), (4, 5), inputs={"length": _lengths_of_4}),
+    Case("use-length-temperature-dtype", lambda: mx.sym.softmax(
+        data, mx.sym.var("length"), use_length=True, temperature=3.0, dtype="float64", name="op"),
+        (3, 5), inputs={"length": _lengths}),
 )
 def test_softmax(case, tmp_path):
     check(case, tmp_path)
@@ -506,6 +572,9 @@ def _wild_indices(rng, shape):
          values=_indices),
     Case("clipped-truncated", lambda: mx.sym.Embedding(data, input_dim=7, output_dim=3, name="op"), (9,),
          values=_wild_indices),
+    Case("float16-weight", lambda: mx.sym.Embedding(data, input_dim=7, output_dim=3, dtype="float16",
+                                                    name="op"), (4,), values=_indices,
+         params={"op_weight": np.random.RandomState(0).uniform(-1, 1, (7, 3)).astype(np.float16)}),
 )
 def test_embedding(case, tmp_path):
     check(case, tmp_path)
@@ -566,6 +635,9 @@ def _like(rng, batch):
     Case("to-even-up", resize(mode="to_even_up"), (3, 5, 6)),
     Case("to-odd-down", resize(mode="to_odd_down"), (3, 5, 6)),
     Case("to-odd-up", resize(mode="to_odd_up", align_corners=False), (3, 5, 6)),
+    # an output of size 1: MXNet's scale is 0 there, so it samples row/column 0, not the middle
+    Case("to-one-row-half-pixel", resize(height=1, width=2, align_corners=False), (3, 5, 6)),
+    Case("to-one-pixel-half-pixel", resize(height=1, width=1, align_corners=False), (3, 5, 6)),
 )
 def test_bilinear_resize_2d(case, tmp_path):
     check(case, tmp_path)
@@ -598,6 +670,33 @@ def test_every_unsupported_node_is_reported_at_once(tmp_path):
     assert reported["flow"]["op"] == "Correlation" and "no ONNX converter" in reported["flow"]["reason"]
     for name in reported:
         assert name in str(raised.value)
+
+
+def test_cases_without_an_exact_lowering_say_why(tmp_path):
+    """Refused, never approximated: an even LRN window (onnxruntime refuses it, MXNet's native
+    kernel too), and the fused-RNN options that MXNet 1.9.1 computes only with cuDNN."""
+    sequence = mx.sym.var("sequence")
+    lrn = mx.sym.LRN(data, nsize=4, name="lrn_even")
+    lstmp = mx.sym.RNN(sequence, mx.sym.var("p_parameters"), mx.sym.var("p_state"),
+                       mx.sym.var("p_cell"), state_size=4, num_layers=1, mode="lstm",
+                       projection_size=2, name="lstmp")
+    clipped = mx.sym.RNN(sequence, mx.sym.var("c_parameters"), mx.sym.var("c_state"),
+                         mx.sym.var("c_cell"), state_size=4, num_layers=1, mode="lstm",
+                         lstm_state_clip_min=-1.0, lstm_state_clip_max=1.0, name="clipped")
+    shapes = {"data": (1, 5, 3, 3), "sequence": (2, 1, 3), "p_state": (1, 1, 2), "p_cell": (1, 1, 4),
+              "c_state": (1, 1, 4), "c_cell": (1, 1, 4)}
+    symbol = mx.sym.Group([lrn, lstmp, clipped])
+    arg_shapes, _, _ = symbol.infer_shape(**shapes)
+    params = {n: np.zeros(s, np.float32) for n, s in zip(symbol.list_arguments(), arg_shapes)
+              if n not in shapes}
+    graph = graphopt.load(*_write(symbol, params, {}, tmp_path), inputs=shapes)
+    with pytest.raises(graphopt.UnsupportedOpError) as raised:
+        to_onnx(graph)
+    reasons = {p["node"]: p["reason"] for p in raised.value.unsupported}
+    assert set(reasons) == {"lrn_even", "lstmp", "clipped"}
+    assert "nsize=4" in reasons["lrn_even"] and "onnxruntime" in reasons["lrn_even"]
+    assert "projection_size=2" in reasons["lstmp"] and "ONNX" in reasons["lstmp"]
+    assert "lstm_state_clip_min=-1.0" in reasons["clipped"] and "cell state" in reasons["clipped"]
 
 
 def test_opset_out_of_range_is_refused(tmp_path):
@@ -661,3 +760,51 @@ def test_gluon_rnn_layer_export(layer, tmp_path):
     stored = sum(t.ByteSize() for t in model.graph.initializer)
     assert stored < 1.2 * sum(v.nbytes for v in graph.params.values()), "weights stored twice"
     assert_close(expected, run_onnx(model, feeds), TOLERANCE, f"gluon {layer}")
+
+
+@pytest.mark.parametrize("mode, layers, bidirectional", [("lstm", 2, True), ("gru", 1, True),
+                                                         ("rnn_tanh", 2, False)])
+def test_fused_rnn_sequence_length(mode, layers, bidirectional, tmp_path):
+    """``use_sequence_length``: each sequence stops at its length (MXNet's documented, cuDNN,
+    semantics: outputs past it are 0, the final states are those at its last step, the reverse
+    direction starts there). MXNet 1.9.1's CPU kernels ignore the lengths (measured), so the
+    reference runs MXNet on each sequence cut to its length, and pads its outputs with 0."""
+    steps, batch, features, hidden = 4, 3, 3, 4
+    count = layers * (2 if bidirectional else 1)
+    state_names = ["state", "state_cell"] if mode == "lstm" else ["state"]
+
+    def build(use_sequence_length):
+        inputs = {name: mx.sym.var(name) for name in state_names}
+        if use_sequence_length:
+            inputs["sequence_length"] = mx.sym.var("length")
+        return mx.sym.RNN(data, mx.sym.var("op_parameters"), **inputs, state_size=hidden,
+                          num_layers=layers, mode=mode,
+                          bidirectional=bidirectional, state_outputs=True,
+                          use_sequence_length=use_sequence_length, name="op")
+
+    rng = np.random.RandomState(0)
+    feeds = {"data": rng.uniform(-1, 1, (steps, batch, features)).astype(np.float32),
+             **{name: rng.uniform(-1, 1, (count, batch, hidden)).astype(np.float32)
+                for name in state_names},
+             "length": np.array([4, 2, 1], dtype=np.int32)}  # full, cut, one step
+    symbol = build(True)
+    arg_shapes, _, _ = symbol.infer_shape(**{k: v.shape for k, v in feeds.items()})
+    params = {"op_parameters": rng.uniform(-0.5, 0.5, dict(zip(symbol.list_arguments(),
+                                                               arg_shapes))["op_parameters"])
+              .astype(np.float32)}
+    reference = [np.zeros((steps, batch, hidden * (2 if bidirectional else 1)), np.float32),
+                 *[np.zeros((count, batch, hidden), np.float32) for _ in state_names]]
+    for sample, length in enumerate(feeds["length"]):
+        cut = {"data": feeds["data"][:length, sample:sample + 1],
+               **{name: feeds[name][:, sample:sample + 1] for name in state_names}}
+        outputs = _mxnet(build(False), cut, params, {})
+        reference[0][:length, sample] = outputs[0][:, 0]
+        for full, final in zip(reference[1:], outputs[1:]):
+            full[:, sample] = final[:, 0]
+    graph = graphopt.load(*_write(symbol, params, {}, tmp_path),
+                          inputs={k: v.shape for k, v in feeds.items()},
+                          dtypes={k: v.dtype.name for k, v in feeds.items()})
+    for opset in OPSETS:
+        model = to_onnx(graph, opset=opset)
+        onnx.checker.check_model(model, full_check=True)
+        assert_close(reference, run_onnx(model, feeds), TOLERANCE, f"{mode}, opset {opset}")

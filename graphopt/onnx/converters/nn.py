@@ -21,6 +21,7 @@ from graphopt.onnx.converters.tensor import (input_shape, normalize_axis, output
                                              unsqueeze)
 
 CHANNELS_FIRST = (None, "NCW", "NCHW", "NCDHW")
+CHANNELS_LAST = ("NWC", "NHWC", "NDHWC")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -40,7 +41,12 @@ def _channels_first(ctx: ConvertContext, node: Node) -> None:
     layout = ctx.attr(node, "layout")
     if layout not in CHANNELS_FIRST:
         raise Unsupported(f"layout {layout} is not supported: ONNX is channels-first "
-                          f"(NCW/NCHW/NCDHW)")
+                          f"(NCW/NCHW/NCDHW), and so are MXNet's CPU kernels of this op")
+
+
+def _pooled_spatial(ctx: ConvertContext, node: Node, shape: Sequence[int]) -> tuple[int, ...]:
+    """The spatial sizes in a Pooling input or output ``shape`` of the node's layout."""
+    return tuple(shape[1:-1] if ctx.attr(node, "layout") in CHANNELS_LAST else shape[2:])
 
 
 def _dtype(ctx: ConvertContext, node: Node, slot: int = 0) -> np.dtype:
@@ -246,7 +252,11 @@ def l2_normalization(ctx: ConvertContext, node: Node) -> None:
 @converter("LRN")
 def lrn(ctx: ConvertContext, node: Node) -> None:
     """x / (knorm + alpha/nsize * sum of squares over nsize channels)^beta: ONNX's formula."""
-    ctx.emit1("LRN", [ctx.input(node, 0)], ctx.output(node), size=int(ctx.attr(node, "nsize")),
+    size = int(ctx.attr(node, "nsize"))
+    if size % 2 == 0:
+        raise Unsupported(f"nsize={size}: even windows are refused by onnxruntime and by MXNet's "
+                          f"native kernel (only its oneDNN kernel accepts them)")
+    ctx.emit1("LRN", [ctx.input(node, 0)], ctx.output(node), size=size,
               alpha=float(ctx.attr(node, "alpha")), beta=float(ctx.attr(node, "beta")),
               bias=float(ctx.attr(node, "knorm")))
 
@@ -261,10 +271,17 @@ class Window(NamedTuple):
     pad: list[int]
     extra: list[int]
 
+    def ends(self) -> list[int]:
+        return [p + e for p, e in zip(self.pad, self.extra)]
+
     def attrs(self) -> dict:
         """ONNX pooling attributes (floor rounding; all begins, then all ends)."""
-        return {"kernel_shape": self.kernel, "strides": self.stride,
-                "pads": self.pad + [p + e for p, e in zip(self.pad, self.extra)]}
+        return {"kernel_shape": self.kernel, "strides": self.stride, "pads": self.pad + self.ends()}
+
+    def fits_onnx(self) -> bool:
+        """onnxruntime refuses pads as large as the kernel; MXNet's ``full`` convention reaches
+        them when the stride exceeds the kernel, and its native kernels accept any pad."""
+        return all(p < k and end < k for k, p, end in zip(self.kernel, self.pad, self.ends()))
 
 
 def _window(ctx: ConvertContext, node: Node) -> Window:
@@ -278,12 +295,12 @@ def _window(ctx: ConvertContext, node: Node) -> Window:
     kernel = [int(k) for k in ctx.attr(node, "kernel")]
     stride = _spatial(ctx, node, "stride", len(kernel), 1)
     pad = _spatial(ctx, node, "pad", len(kernel), 0)
-    spatial = input_shape(ctx, node, 0)[2:]
+    spatial = _pooled_spatial(ctx, node, input_shape(ctx, node, 0))
     extra = [(-(x + 2 * p - k)) % s if convention == "full" else 0
              for x, k, s, p in zip(spatial, kernel, stride, pad)]
     computed = tuple((x + 2 * p + e - k) // s + 1
                      for x, k, s, p, e in zip(spatial, kernel, stride, pad, extra))
-    expected = tuple(output_shape(ctx, node)[2:])
+    expected = _pooled_spatial(ctx, node, output_shape(ctx, node))
     if computed != expected:
         raise Unsupported(f"pooled size {computed} differs from MXNet's {expected}")
     return Window(kernel, stride, pad, extra)
@@ -291,8 +308,30 @@ def _window(ctx: ConvertContext, node: Node) -> Window:
 
 def _global_window(ctx: ConvertContext, node: Node) -> Window:
     """``global_pool`` ignores kernel, stride and pad (the kernel may be absent)."""
-    spatial = list(input_shape(ctx, node, 0)[2:])
+    spatial = list(_pooled_spatial(ctx, node, input_shape(ctx, node, 0)))
     return Window(spatial, [1] * len(spatial), [0] * len(spatial), [0] * len(spatial))
+
+
+def _pad_explicitly(ctx: ConvertContext, node: Node, data: str, window: Window,
+                    fill: float) -> tuple[str, Window]:
+    """``data`` padded with ``fill`` by a Pad node, and the same windows without padding."""
+    leading = [0, 0]
+    pads = ctx.int64s(leading + window.pad + leading + window.ends(), hint="pads")
+    padded = ctx.emit1("Pad", [data, pads, _scalar(ctx, node, fill, "fill")])
+    zeros = [0] * len(window.kernel)
+    return padded, window._replace(pad=zeros, extra=zeros)
+
+
+def _window_counts(size: int, kernel: int, stride: int, pad: int, count: int,
+                   include_pad: bool) -> np.ndarray:
+    """MXNet's divisors of average pooling along one axis (pool.h): each window clipped to the
+    padded input, or to the input itself without ``count_include_pad``. An empty window sums
+    to 0 and keeps MXNet's divisor: negative (output 0) or 0 (see :func:`_average_by_counts`)."""
+    starts = np.arange(count) * stride - pad
+    ends = np.minimum(starts + kernel, size + pad)
+    if not include_pad:
+        starts, ends = np.maximum(starts, 0), np.minimum(ends, size)
+    return ends - starts
 
 
 def _sum_pool(ctx: ConvertContext, node: Node, data: str, window: Window,
@@ -310,6 +349,9 @@ def _average_pool(ctx: ConvertContext, node: Node, data: str, window: Window, ou
     extra padding, pad explicitly with zeros and let ONNX exclude only the extra part."""
     include = ctx.attr(node, "count_include_pad")
     include = True if include is None else bool(include)
+    if not window.fits_onnx():
+        _average_by_counts(ctx, node, data, window, include, output)
+        return
     if include and any(window.extra) and any(window.pad):
         begin_end = [0, 0] + window.pad
         data = ctx.emit1("Pad", [data, ctx.int64s(begin_end + begin_end, hint="pads")])
@@ -317,6 +359,23 @@ def _average_pool(ctx: ConvertContext, node: Node, data: str, window: Window, ou
     counts_padding = include and not any(window.extra)
     ctx.emit1("AveragePool", [data], output, count_include_pad=int(counts_padding),
               **window.attrs())
+
+
+def _average_by_counts(ctx: ConvertContext, node: Node, data: str, window: Window,
+                       include_pad: bool, output: str) -> None:
+    """Average pooling whose pads ONNX cannot take: the sum over zero-padded windows divided
+    by MXNet's divisors, computed at export (the spatial sizes are static)."""
+    spatial = _pooled_spatial(ctx, node, input_shape(ctx, node, 0))
+    pooled = _pooled_spatial(ctx, node, output_shape(ctx, node))
+    counts = np.ones((1, 1))
+    for size, k, s, p, count in zip(spatial, window.kernel, window.stride, window.pad, pooled):
+        counts = np.multiply.outer(counts, _window_counts(size, k, s, p, count, include_pad))
+    if len(spatial) < 3:  # for a window of no input MXNet's 1-D/2-D kernels give 0, its 3-D 0/0
+        counts[counts == 0] = 1
+    padded, bare = _pad_explicitly(ctx, node, data, window, 0.0)
+    total = _sum_pool(ctx, node, padded, bare, None)
+    divisors = ctx.constant(counts.astype(_dtype(ctx, node)), hint="divisors")
+    ctx.emit1("Div", [total, divisors], output)
 
 
 def _lp_pool(ctx: ConvertContext, node: Node, data: str, window: Window, output: str) -> None:
@@ -338,13 +397,30 @@ def _lp_pool(ctx: ConvertContext, node: Node, data: str, window: Window, output:
 
 @converter("Pooling")
 def pooling(ctx: ConvertContext, node: Node) -> None:
-    _channels_first(ctx, node)
-    pool_type, is_global = ctx.attr(node, "pool_type"), ctx.attr(node, "global_pool")
+    """Channels-last layouts (NWC, NHWC, NDHWC: MXNet's CPU pooling runs them, unlike its
+    convolutions) are pooled channels-first between two Transposes."""
     data, output = ctx.input(node, 0), ctx.output(node)
+    if ctx.attr(node, "layout") not in CHANNELS_LAST:
+        _pool(ctx, node, data, output)
+        return
+    rank = len(input_shape(ctx, node, 0))
+    data = ctx.emit1("Transpose", [data], perm=[0, rank - 1, *range(1, rank - 1)])
+    pooled = ctx.fresh("pooled")
+    _pool(ctx, node, data, pooled)
+    ctx.emit1("Transpose", [pooled], output, perm=[0, *range(2, rank), 1])
+
+
+def _pool(ctx: ConvertContext, node: Node, data: str, output: str) -> None:
+    """Pooling of channels-first ``data``."""
+    pool_type, is_global = ctx.attr(node, "pool_type"), ctx.attr(node, "global_pool")
     if is_global and pool_type in ("max", "avg"):
         ctx.emit1("GlobalMaxPool" if pool_type == "max" else "GlobalAveragePool", [data], output)
         return
     window = _global_window(ctx, node) if is_global else _window(ctx, node)
+    if pool_type != "avg" and not window.fits_onnx():
+        # MXNet's max over a window holding no input is the lowest float
+        fill = np.finfo(_dtype(ctx, node)).min if pool_type == "max" else 0.0
+        data, window = _pad_explicitly(ctx, node, data, window, fill)
     if pool_type == "max":
         ctx.emit1("MaxPool", [data], output, **window.attrs())
     elif pool_type == "avg":
@@ -576,8 +652,9 @@ def upsampling(ctx: ConvertContext, node: Node) -> None:
 def bilinear_resize_2d(ctx: ConvertContext, node: Node) -> None:
     """Every ``mode`` (size, odd_scale, like, to_even_down ...) only decides the output size,
     which MXNet's inference already gives; the sampling is ONNX linear Resize with
-    ``align_corners`` or, without it, ``half_pixel`` (source = (dst + 0.5) * in/out - 0.5,
-    clamped at 0), from the sizes."""
+    ``align_corners`` or, without it, ``pytorch_half_pixel`` (source = (dst + 0.5) * in/out - 0.5,
+    clamped at 0; and 0 for an output of size 1, where MXNet's scale is 0: half_pixel would
+    take the middle of the input), from the sizes."""
     data = ctx.input(node, 0)
     size = ctx.int64s(output_shape(ctx, node)[2:], hint="size")
     if ctx.opset >= 18:
@@ -586,7 +663,7 @@ def bilinear_resize_2d(ctx: ConvertContext, node: Node) -> None:
         leading = ctx.emit1("Slice", [ctx.emit1("Shape", [data]), ctx.int64s([0], hint="start"),
                                       ctx.int64s([2], hint="end")])
         sizes, axes = ctx.emit1("Concat", [leading, size], axis=0), None
-    mode = "align_corners" if ctx.attr(node, "align_corners") else "half_pixel"
+    mode = "align_corners" if ctx.attr(node, "align_corners") else "pytorch_half_pixel"
     ctx.emit1("Resize", [data, "", "", sizes], ctx.output(node), mode="linear",
               coordinate_transformation_mode=mode, axes=axes)
 
@@ -645,22 +722,32 @@ def _rnn_weights(flat: np.ndarray, mode: str, layers: int, directions: int, inpu
     return result
 
 
-# Fused-RNN attributes left out (no exact ONNX form, or not written): their "off" values.
-RNN_UNSUPPORTED = {"projection_size": None, "lstm_state_clip_min": None,
-                   "lstm_state_clip_max": None, "use_sequence_length": False}
+# Fused-RNN attributes left out, with why. Both are cuDNN-only in MXNet 1.9.1: its CPU kernels
+# ignore the clip and crash on a projection (measured), so no CPU run could check a lowering.
+_CELL_CLIP = ("ONNX LSTM's clip bounds the gate inputs, MXNet's the cell state (and only on "
+              "GPU: its CPU kernels ignore it)")
+RNN_UNSUPPORTED = {
+    "projection_size": "LSTM with a projection (LSTMP) has no ONNX LSTM form, and MXNet runs it "
+                       "only on GPU",
+    "lstm_state_clip_min": _CELL_CLIP,
+    "lstm_state_clip_max": _CELL_CLIP,
+}
 
 
 def _rnn_unsupported(ctx: ConvertContext, node: Node) -> None:
-    for key, off in RNN_UNSUPPORTED.items():
-        if ctx.attr(node, key) != off:
-            raise Unsupported(f"{key}={ctx.attr(node, key)} is not supported")
+    for key, reason in RNN_UNSUPPORTED.items():
+        if ctx.attr(node, key) is not None:
+            raise Unsupported(f"{key}={ctx.attr(node, key)}: {reason}")
 
 
 @converter("RNN")
 def rnn(ctx: ConvertContext, node: Node) -> None:
     """MXNet's fused RNN (layout TNC) as one ONNX LSTM/GRU/RNN per layer: weights regrouped
     and gate-reordered statically, GRU with ``linear_before_reset`` (MXNet's cuDNN-style GRU),
-    layer outputs (T, D, N, H) merged back to (T, N, D*H); dropout ``p`` is off at inference."""
+    layer outputs (T, D, N, H) merged back to (T, N, D*H); dropout ``p`` is off at inference.
+    ``use_sequence_length`` is ONNX's ``sequence_lens``: MXNet's documented (cuDNN) semantics,
+    outputs past a sequence's length 0 and the final states taken at its last step, the reverse
+    direction starting there. (MXNet 1.9.1's CPU kernels ignore the lengths.)"""
     _rnn_unsupported(ctx, node)
     mode = ctx.attr(node, "mode")
     op_type, _order = RNN_GATES[mode]
@@ -675,13 +762,16 @@ def rnn(ctx: ConvertContext, node: Node) -> None:
     if op_type == "RNN":
         extra = {"activations": ["Relu" if mode == "rnn_relu" else "Tanh"] * directions}
     states = [ctx.input(node, 2)] + ([ctx.input(node, 3)] if mode == "lstm" else [])
+    lengths = ""
+    if ctx.attr(node, "use_sequence_length"):  # the input after the states
+        lengths = ctx.emit1("Cast", [ctx.input(node, 2 + len(states))], to=TensorProto.INT32)
     sequence, finals = ctx.input(node, 0), []
     for layer, (w, r, b) in enumerate(weights):
         rows = [ctx.int64s([layer * directions], hint="start"),
                 ctx.int64s([(layer + 1) * directions], hint="end")]
         initial = [ctx.emit1("Slice", [state, *rows]) for state in states]
         onnx_inputs = [sequence, ctx.constant(w, hint="W"), ctx.constant(r, hint="R"),
-                       ctx.constant(b, hint="B"), "", *initial]
+                       ctx.constant(b, hint="B"), lengths, *initial]
         outputs = ctx.emit(op_type, onnx_inputs, 1 + len(states), hidden_size=hidden,
                            direction="bidirectional" if directions == 2 else "forward", **extra)
         merged = ctx.emit1("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
