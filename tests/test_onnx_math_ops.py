@@ -408,10 +408,210 @@ def test_linalg_gemm(tmp_path):
           {"x": normal(2, 3, 4), "y": normal(2, 5, 4), "c": normal(2, 3, 5)})
 
 
-def test_linalg_gemm2_on_another_row_axis_is_unsupported(tmp_path):
+@pytest.mark.parametrize("lhs,rhs,out,attrs", [
+    ((3, 2, 4), (4, 2, 5), (3, 2, 5), {"axis": -3}),
+    ((3, 2, 2, 4), (4, 2, 2, 5), (3, 2, 2, 5), {"axis": 0, "transpose_b": True}),
+    ((2, 3, 2, 4), (2, 4, 2, 5), (2, 3, 2, 5), {"axis": 1, "alpha": 0.5, "beta": 2.0}),
+], ids=str)
+def test_linalg_gemm_with_rows_on_another_axis(lhs, rhs, out, attrs, tmp_path):
+    """``axis`` names the rows' axis, the columns being the last; the other axes are the batch."""
+    c = mx.sym.var("c")
+    if attrs.get("transpose_b"):
+        rhs = rhs[-1:] + rhs[1:-1] + rhs[:1]  # (5, ..., 4): rows and columns swapped
+    inputs = {"x": normal(*lhs), "y": normal(*rhs)}
+    gemm2_attrs = {k: v for k, v in attrs.items() if k != "beta"}
+    check(mx.sym.linalg.gemm2(x, y, **gemm2_attrs), tmp_path, inputs)
+    check(mx.sym.linalg.gemm(x, y, c, **attrs), tmp_path, {**inputs, "c": normal(*out)})
+
+
+@pytest.mark.parametrize("lhs_shape,rhs_shape,attrs", [
+    ((4, 3), (4,), {"transpose_a": True}), ((4,), (5, 4), {"transpose_b": True}),
+    ((4, 3), (5, 4), {"transpose_a": True, "transpose_b": True}),
+], ids=str)
+def test_dot_of_a_transposed_matrix_and_a_vector(lhs_shape, rhs_shape, attrs, tmp_path):
+    """onnxruntime 1.32 fuses Transpose + MatMul with a 1-D rhs into a wrong product (A^T v came
+    out as reshape(A, (3, 4)) v): the converter writes v A instead."""
+    check(mx.sym.dot(x, y, **attrs), tmp_path, {"x": normal(*lhs_shape), "y": normal(*rhs_shape)})
+
+
+# --- every dtype MXNet takes ---------------------------------------------------------------------
+# MXNet computes its math functions of any dtype but double in float32 and casts the result back
+# (src/operator/math_functions-inl.h): sqrt of an int32 is the truncated sqrtf. onnxruntime has no
+# 8-bit integer Add/Mul/ReduceSum and no double Tan/Asin/Erf...: the converter widens those.
+
+def _integer_domain(op, dtype, shape=(2, 3, 5)):
+    """Integers where MXNet's float result is finite (then truncated to ``dtype``)."""
+    low, high = UNARY[op]
+    low = max(int(np.floor(low)), 0 if dtype == "uint8" else -128)
+    high = min(int(np.ceil(high)), 127)
+    if op in ("log", "log2", "log10", "rsqrt", "reciprocal", "rcbrt", "arccosh", "gamma",
+              "gammaln"):
+        low = max(low, 1)  # (0 and negatives give inf or NaN, which an integer cannot hold)
+    if op in ("arctanh", "erfinv"):
+        low, high = 0, 0
+    return RNG.integers(low, high + 1, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("op", sorted(set(UNARY) - {"logical_not"}))
+def test_unary_ops_on_int32_compute_in_float_and_truncate(op, tmp_path):
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": _integer_domain(op, "int32")})
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("op", ["sqrt", "exp", "log1p", "cbrt", "degrees", "square", "negative",
+                                "relu", "abs", "sigmoid", "round"])
+def test_unary_ops_on_8_bit_integers(op, dtype, tmp_path):
+    data = _integer_domain(op, dtype)
+    if op in ("square", "negative", "degrees", "exp"):  # values that wrap around in the type
+        data = RNG.integers(0 if dtype == "uint8" else -20, 21, (2, 3, 5)).astype(dtype)
+        if op == "exp":
+            data = np.clip(data, 0, 5).astype(dtype)
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_ops_on_float64(op, tmp_path):
+    """onnxruntime's CPU Tan, Asin, Sinh, Erf, Softsign ... are float only: those go through float32
+    (relative error ~1e-7, well inside the tolerance)."""
+    low, high = UNARY[op]
+    data = RNG.uniform(low, high, (2, 25))
+    if op == "gamma":  # away from the poles
+        data = np.where(np.abs(data - np.round(data)) < 0.05, data + 0.1, data)
+    if op == "logical_not":
+        data = RNG.integers(-1, 2, (2, 25)).astype("float64")
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("op", ["expm1", "log1p", "rsqrt", "cbrt", "rcbrt", "erfinv", "gammaln",
+                                "log2", "smooth_l1", "hard_sigmoid", "sigmoid"])
+def test_float16_math_is_computed_in_float32(op, tmp_path):
+    """A chain of float16 ops rounds at every step; MXNet rounds once. Tolerance 1e-3: float16's
+    step is 2^-10 ~ 1e-3 relative, and one rounding may fall either side."""
+    low, high = UNARY.get(op, (-3, 3))
+    data = uniform(max(low, -3), min(high, 3), 2, 40, dtype="float16")
+    check(getattr(mx.sym, op)(x), tmp_path, {"x": data}, tolerance=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("name", BROADCAST)
+def test_binary_ops_on_8_bit_integers_wrap_like_mxnet(name, dtype, tmp_path):
+    """ONNX Add/Mul/Div take no 8-bit integers before opset 14 (onnxruntime none at all): int32,
+    then a wrapping Cast back, as C's arithmetic on int8 does (100 + 100 is -56)."""
+    low = 0 if dtype == "uint8" else -100
+    a = RNG.integers(low, 101, (2, 3, 4)).astype(dtype)
+    b = RNG.integers(low, 101, (1, 3, 1)).astype(dtype)
+    if name in ("broadcast_div", "broadcast_mod", "broadcast_power"):
+        b = RNG.integers(1, 4, (1, 3, 1)).astype(dtype)
+    if name == "broadcast_power":
+        a = RNG.integers(0 if dtype == "uint8" else -4, 5, (2, 3, 4)).astype(dtype)
+    check(getattr(mx.sym, name)(x, y), tmp_path, {"x": a, "y": b})
+
+
+def test_hypot_of_integers_truncates_the_float_result(tmp_path):
+    a = np.array([[3, 5, -8, 1, 0, 7]], dtype="int32")
+    b = np.array([[4, 12, 6, 1, 0, -2]], dtype="int32")
+    check(mx.sym.broadcast_hypot(x, y), tmp_path, {"x": a, "y": b})
+    check(mx.sym._internal._hypot_scalar(x, scalar=2.5), tmp_path, {"x": a})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8"])
+@pytest.mark.parametrize("op", SCALAR)
+def test_scalar_ops_with_is_int_false_work_in_float64(op, dtype, tmp_path):
+    """``is_int=False`` (written by MXNet's numpy front end) on an integer tensor: the scalar is
+    not truncated and the output is float64."""
+    data = RNG.integers(1, 6, (2, 5)).astype(dtype)
+    symbol = getattr(mx.sym._internal, op)(x, scalar=2.5, is_int=False)
+    check(symbol, tmp_path, {"x": data})
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("op", ["_plus_scalar", "_rminus_scalar", "_mul_scalar", "_div_scalar",
+                                "_rdiv_scalar", "_power_scalar", "_mod_scalar", "_hypot_scalar",
+                                "_greater_scalar"])
+def test_scalar_ops_on_8_bit_integers(op, dtype, tmp_path):
+    data = RNG.integers(1, 120, (2, 5)).astype(dtype)
+    if op == "_power_scalar":
+        data = RNG.integers(1, 6, (2, 5)).astype(dtype)
+    check(getattr(mx.sym._internal, op)(x, scalar=3.7), tmp_path, {"x": data})
+
+
+def test_add_n_of_8_bit_integers_wraps(tmp_path):
+    inputs = {"x": np.array([[100, -100, 127]], dtype="int8"),
+              "y": np.array([[100, -100, 1]], dtype="int8")}
+    check(mx.sym.add_n(x, y, x), tmp_path, inputs)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("op", ["sum", "mean", "prod", "nansum", "nanprod", "max", "min"])
+def test_8_bit_integer_reductions_wrap_like_mxnet(op, dtype, tmp_path):
+    """MXNet sums in the type: int8 [100, 100, 100, -7] sums to 37 (293 wrapped), and the mean
+    is that wrapped sum over the count (9)."""
+    data = np.array([[100, 100, 100, 7], [120, 3, 90, 5], [1, 2, 3, 4]], dtype=dtype)
+    if dtype == "int8":
+        data[0, 3], data[1, 1] = -7, -3
+    check(getattr(mx.sym, op)(x, axis=1), tmp_path, {"x": data})
+    if "prod" not in op:  # (the product of all 12 overflows int32, where the converter works)
+        check(getattr(mx.sym, op)(x), tmp_path, {"x": data})
+
+
+def test_float16_sums_match_mxnet(tmp_path):
+    """4096 ones: a float16 running sum would stop at 2048."""
+    data = np.ones((2, 4096), dtype="float16")
+    check(mx.sym.sum(x, axis=1), tmp_path, {"x": data})
+    check(mx.sym.mean(x, axis=1), tmp_path, {"x": uniform(0, 1, 2, 4096, dtype="float16")},
+          tolerance=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8"])
+def test_l1_norm_of_integers(dtype, tmp_path):
+    data = RNG.integers(0 if dtype == "uint8" else -100, 101, (2, 3, 4)).astype(dtype)
+    check(mx.sym.norm(x, ord=1, axis=1), tmp_path, {"x": data})
+
+
+def test_l2_norm_of_integers_is_refused(tmp_path):
+    """MXNet's integer L2 norm scales its running sum by integer division (norm of int32 [3, 4]
+    is 4, not 5), which is not worth copying: refused, not silently different."""
     from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported
-    graph = load(mx.sym.linalg.gemm2(x, y, axis=-3), tmp_path,
-                 {"x": normal(3, 2, 4), "y": normal(4, 2, 5)})
-    node = graph.op_nodes("_linalg_gemm2")[0]
-    with pytest.raises(Unsupported, match="axis"):
+    data = np.array([[3, 4]], dtype="int32")
+    graph = load(mx.sym.norm(x, axis=1), tmp_path, {"x": data})
+    node = graph.op_nodes("norm")[0]
+    with pytest.raises(Unsupported, match="L2 norm of int32"):
         CONVERTERS[node.op](ConvertContext(graph, 17), node)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8", "float16"])
+def test_clip_bounds_outside_the_integer_range(dtype, tmp_path):
+    """MXNet compares in float: a uint8 clip to [-2.5, 300] keeps every value (DType(-2.5) would
+    wrap to 254)."""
+    low = 0 if dtype == "uint8" else -100
+    data = RNG.integers(low, 101, (2, 10)).astype(dtype)
+    check(mx.sym.clip(x, a_min=-2.5, a_max=300), tmp_path, {"x": data})
+    check(mx.sym.clip(x, a_min=-300, a_max=3.5), tmp_path, {"x": data})
+
+
+def test_smooth_l1_without_scalar_uses_sigma_one(tmp_path):
+    check(mx.sym.smooth_l1(x), tmp_path, {"x": normal(2, 30, scale=2)})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8"])
+def test_gamma_of_integers_truncates_the_float32_result(dtype, tmp_path):
+    """MXNet's gamma(5) of an integer is 24: tgammaf gives 24.000002, truncated. Through float64
+    the same Lanczos sum gives 23.99999999 and truncates to 23; the converter rounds to float32
+    first."""
+    data = np.array([[1, 2, 3, 4, 5]], dtype=dtype)
+    check(mx.sym.gamma(x), tmp_path, {"x": data})
+
+
+# --- shapes MXNet gives that ONNX does not ----------------------------------------------------
+
+@pytest.mark.parametrize("attrs", [{"axis": 0}, {"axis": -1, "keepdims": True}, {}], ids=str)
+@pytest.mark.parametrize("op", ["argmax", "argmin"])
+def test_arg_reduction_of_a_vector_has_shape_one(op, attrs, tmp_path):
+    """MXNet has no 0-d arrays: argmax of a (6,) vector over axis 0 is (1,)."""
+    check(getattr(mx.sym, op)(x, **attrs), tmp_path, {"x": _with_ties(6)})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2, 3, 4, 5), (4, 6)])
+def test_argmax_channel_reduces_axis_one(shape, tmp_path):
+    """argmax_channel of (2, 3, 4) is (2, 4): axis 1, not the last one."""
+    check(mx.sym.argmax_channel(x), tmp_path, {"x": _with_ties(*shape)})

@@ -8,7 +8,14 @@ MXNet semantics kept here that ONNX does not give by itself:
 - ``mod`` has the sign of the divisor and gives 0 for a zero divisor;
 - ``round`` rounds half away from zero, ``rint`` half towards -inf (ONNX Round: half to even);
 - a reduction over every axis gives shape (1,), and ``exclude`` reduces the other axes;
-- argmax/argmin/topk/argsort return indices in a float dtype by default.
+- argmax/argmin/topk/argsort return indices in a float dtype by default;
+- math functions (sqrt, exp, sin, hypot ...) of any dtype but double are computed in float32 and
+  cast back (``math_functions-inl.h``): an int32 ``sqrt`` truncates ``sqrtf(float(x))``;
+- a scalar op with ``is_int=False`` on an integer tensor works in float64 (its output dtype).
+
+Where onnxruntime lacks a kernel MXNet has, the work happens in a wider type and is cast back:
+8-bit integer arithmetic and sums in int32 (ONNX's Add, Mul, ReduceSum ... take no 8-bit
+integers), double Tan/Asin/Erf ... in float32 (onnxruntime's CPU kernels are float only).
 """
 
 from __future__ import annotations
@@ -26,6 +33,27 @@ from graphopt.onnx.converters.tensor import (cast, cast_to_bool, filled, input_b
                                              typed)
 
 FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+NARROW_INTS = ("int8", "uint8", "int16", "uint16", "bool")  # no ONNX arithmetic on these
+
+
+def _arithmetic_dtype(dtype: str) -> str:
+    return "int32" if dtype in NARROW_INTS else dtype
+
+
+def _math_dtype(dtype: str, double_kernel: bool = True) -> str:
+    """The dtype MXNet computes a math function of ``dtype`` in: double for double, float for
+    every other (float16 and integers included), the result cast back to ``dtype``."""
+    return "float64" if dtype == "float64" and double_kernel else "float32"
+
+
+def _in_dtype(ctx: ConvertContext, values: list[str], dtype: str, work: str,
+              lower: Callable[..., str], output: str | None) -> str:
+    """``lower(ctx, *values, work, out)`` on ``values`` cast from ``dtype`` to ``work``, the
+    result cast back to ``dtype`` (nothing is cast when the two are the same)."""
+    if work == dtype:
+        return lower(ctx, *values, dtype, output)
+    result = lower(ctx, *[cast(ctx, value, work) for value in values], work, None)
+    return cast(ctx, result, dtype, output)
 
 # --- binary ops: one lowering per operation, shared by the tensor and the scalar forms -------
 
@@ -70,8 +98,11 @@ def _mod(ctx: ConvertContext, a: str, b: str, dtype: str, out: str) -> str:
 
 
 def _hypot(ctx: ConvertContext, a: str, b: str, dtype: str, out: str) -> str:
-    squares = ctx.emit1("Add", [ctx.emit1("Mul", [a, a]), ctx.emit1("Mul", [b, b])])
-    return ctx.emit1("Sqrt", [squares], out)
+    """Of integers: ``hypotf`` of their floats, truncated."""
+    def lower(ctx: ConvertContext, a: str, b: str, dtype: str, out: str | None) -> str:
+        squares = ctx.emit1("Add", [ctx.emit1("Mul", [a, a]), ctx.emit1("Mul", [b, b])])
+        return ctx.emit1("Sqrt", [squares], out)
+    return _in_dtype(ctx, [a, b], dtype, _math_dtype(dtype), lower, out)
 
 
 OPERATIONS: dict[str, Lowering] = {
@@ -113,32 +144,48 @@ SCALAR_OPS = {
 }
 
 
+def _apply(ctx: ConvertContext, operation: str, a: str, b: str, dtype: str, output: str) -> str:
+    """``operation`` on two ``dtype`` values; 8-bit integers go through int32 (wrapping back,
+    as C's arithmetic on them does)."""
+    return _in_dtype(ctx, [a, b], dtype, _arithmetic_dtype(dtype), OPERATIONS[operation], output)
+
+
 @converter(*BINARY_OPS)
 def binary(ctx: ConvertContext, node: Node) -> None:
-    lower = OPERATIONS[BINARY_OPS[node.op]]
-    lower(ctx, ctx.input(node, 0), ctx.input(node, 1), ctx.dtype(node, 0), ctx.output(node))
+    _apply(ctx, BINARY_OPS[node.op], ctx.input(node, 0), ctx.input(node, 1), ctx.dtype(node, 0),
+           ctx.output(node))
 
 
 @converter(*SCALAR_OPS)
 def scalar(ctx: ConvertContext, node: Node) -> None:
+    """The scalar is ``DType(scalar)``, except with ``is_int=False`` on an integer tensor: MXNet
+    then works in its output dtype (float64) with the exact scalar."""
     operation, scalar_first = SCALAR_OPS[node.op]
-    dtype = ctx.dtype(node, 0)
-    operands = [ctx.input(node, 0), typed(ctx, ctx.attr(node, "scalar"), dtype)]
+    data, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    out_dtype = ctx.output_dtype(node) or dtype
+    if out_dtype != dtype:
+        data, dtype = cast(ctx, data, out_dtype), out_dtype
+    operands = [data, typed(ctx, ctx.attr(node, "scalar"), dtype)]
     if scalar_first:
         operands.reverse()
-    OPERATIONS[operation](ctx, *operands, dtype, ctx.output(node))
+    _apply(ctx, operation, *operands, dtype, ctx.output(node))
 
 
 @converter("add_n")
 def add_n(ctx: ConvertContext, node: Node) -> None:
-    """ONNX Sum takes only floats: integers add pairwise."""
-    values = ctx.inputs(node)
-    if ctx.dtype(node, 0) in FLOAT_DTYPES or len(values) == 1:
+    """ONNX Sum takes only floats: integers add pairwise (8-bit ones in int32)."""
+    values, dtype = ctx.inputs(node), ctx.dtype(node, 0)
+    if dtype in FLOAT_DTYPES or len(values) == 1:
         ctx.emit1("Sum", values, ctx.output(node))
         return
-    total = values[0]
-    for index, value in enumerate(values[1:], start=2):
-        total = ctx.emit1("Add", [total, value], ctx.output(node) if index == len(values) else None)
+
+    def add_all(ctx: ConvertContext, *operands: str) -> str:
+        *addends, _, output = operands  # (a lowering's arguments: values, dtype, output)
+        total = addends[0]
+        for addend in addends[1:-1]:
+            total = ctx.emit1("Add", [total, addend])
+        return ctx.emit1("Add", [total, addends[-1]], output)
+    _in_dtype(ctx, values, dtype, _arithmetic_dtype(dtype), add_all, ctx.output(node))
 
 
 # --- unary ops -------------------------------------------------------------------------------
@@ -150,12 +197,44 @@ UNARY = {
     "arccosh": "Acosh", "arctanh": "Atanh", "sigmoid": "Sigmoid", "relu": "Relu",
     "softsign": "Softsign", "erf": "Erf", "sign": "Sign", "_contrib_sign_ste": "Sign",
 }
+EXACT_ON_INTEGERS = {"Abs", "Neg", "Sign", "Relu"}  # the others are float functions in MXNet
+NO_DOUBLE_KERNEL = {"Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+                    "Erf", "Softsign"}  # onnxruntime's CPU kernels of these are float only
 ROUNDING = {"ceil": "Ceil", "floor": "Floor"}  # identity on integers
+
+UnaryLowering = Callable[[ConvertContext, str, str, "str | None"], str]
+
+
+def _float_math(ctx: ConvertContext, node: Node, lower: UnaryLowering, *,
+                double_kernel: bool = True, half_kernel: bool = False) -> str:
+    """``lower(ctx, x, dtype, out)`` in MXNet's computing dtype. ``half_kernel``: a single ONNX
+    op rounds once like MXNet, so float16 may stay float16; a chain of ops goes through float32."""
+    dtype = ctx.dtype(node, 0)
+    work = _math_dtype(dtype, double_kernel)
+    if half_kernel and dtype == "float16":
+        work = dtype
+    return _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 @converter(*UNARY)
 def unary(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1(UNARY[node.op], [ctx.input(node, 0)], ctx.output(node))
+    op_type, dtype = UNARY[node.op], ctx.dtype(node, 0)
+    if op_type in EXACT_ON_INTEGERS and dtype not in FLOAT_DTYPES:
+        _integer_unary(ctx, node, op_type, dtype)
+        return
+    _float_math(ctx, node, lambda ctx, x, dtype, out: ctx.emit1(op_type, [x], out),
+                double_kernel=op_type not in NO_DOUBLE_KERNEL, half_kernel=True)
+
+
+def _integer_unary(ctx: ConvertContext, node: Node, op_type: str, dtype: str) -> None:
+    """Exact integer forms: ``Relu`` as ``Max(x, 0)`` (ONNX Relu takes integers only from opset
+    14), ``Neg`` of unsigned values in int32 (ONNX Neg takes signed types only), wrapping back."""
+    def lower(ctx: ConvertContext, x: str, dtype: str, out: str | None) -> str:
+        if op_type == "Relu":
+            return ctx.emit1("Max", [x, typed(ctx, 0, dtype)], out)
+        return ctx.emit1(op_type, [x], out)
+    work = "int32" if op_type == "Neg" and dtype.startswith("u") else dtype
+    _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 def _integer_identity(ctx: ConvertContext, node: Node) -> bool:
@@ -198,70 +277,80 @@ def rint(ctx: ConvertContext, node: Node) -> None:
     ctx.emit1("Add", [whole, cast(ctx, up, dtype)], ctx.output(node))
 
 
+def _towards_zero(ctx: ConvertContext, x: str, output: str | None = None) -> str:
+    """sign(x) * floor(|x|)."""
+    whole = ctx.emit1("Floor", [ctx.emit1("Abs", [x])])
+    return ctx.emit1("Mul", [whole, ctx.emit1("Sign", [x])], output)
+
+
 @converter("fix", "trunc")
 def truncate(ctx: ConvertContext, node: Node) -> None:
-    """Towards zero: sign(x) * floor(|x|)."""
-    if _integer_identity(ctx, node):
-        return
-    x = ctx.input(node, 0)
-    whole = ctx.emit1("Floor", [ctx.emit1("Abs", [x])])
-    ctx.emit1("Mul", [whole, ctx.emit1("Sign", [x])], ctx.output(node))
+    if not _integer_identity(ctx, node):
+        _towards_zero(ctx, ctx.input(node, 0), ctx.output(node))
 
 
 @converter("rsqrt")
 def rsqrt(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("Reciprocal", [ctx.emit1("Sqrt", [ctx.input(node, 0)])], ctx.output(node))
+    _float_math(ctx, node, lambda ctx, x, dtype, out:
+                ctx.emit1("Reciprocal", [ctx.emit1("Sqrt", [x])], out))
 
 
-def _cube_root(ctx: ConvertContext, x: str, dtype: str) -> str:
+def _cube_root(ctx: ConvertContext, x: str, dtype: str, out: str | None = None) -> str:
     """Pow of a negative base to 1/3 is NaN: take the root of |x| and restore the sign."""
     root = ctx.emit1("Pow", [ctx.emit1("Abs", [x]), typed(ctx, 1 / 3, dtype)])
-    return ctx.emit1("Mul", [root, ctx.emit1("Sign", [x])])
+    return ctx.emit1("Mul", [root, ctx.emit1("Sign", [x])], out)
 
 
 @converter("cbrt")
 def cbrt(ctx: ConvertContext, node: Node) -> None:
-    root = _cube_root(ctx, ctx.input(node, 0), ctx.dtype(node, 0))
-    ctx.emit1("Identity", [root], ctx.output(node))
+    _float_math(ctx, node, _cube_root)
 
 
 @converter("rcbrt")
 def rcbrt(ctx: ConvertContext, node: Node) -> None:
-    root = _cube_root(ctx, ctx.input(node, 0), ctx.dtype(node, 0))
-    ctx.emit1("Reciprocal", [root], ctx.output(node))
+    _float_math(ctx, node, lambda ctx, x, dtype, out:
+                ctx.emit1("Reciprocal", [_cube_root(ctx, x, dtype)], out))
 
 
 @converter("square")
 def square(ctx: ConvertContext, node: Node) -> None:
-    x = ctx.input(node, 0)
-    ctx.emit1("Mul", [x, x], ctx.output(node))
+    """``x * x`` in the input's dtype (8-bit integers through int32)."""
+    dtype = ctx.dtype(node, 0)
+    _in_dtype(ctx, [ctx.input(node, 0)], dtype, _arithmetic_dtype(dtype),
+              lambda ctx, x, dtype, out: ctx.emit1("Mul", [x, x], out), ctx.output(node))
 
 
 def _small(ctx: ConvertContext, x: str, dtype: str) -> str:
     return ctx.emit1("Less", [ctx.emit1("Abs", [x]), typed(ctx, 0.5, dtype)])
 
 
-@converter("expm1")
-def expm1(ctx: ConvertContext, node: Node) -> None:
+def _expm1(ctx: ConvertContext, x: str, dtype: str, out: str | None) -> str:
     """exp(x) - 1 cancels for small x; Kahan's form (u - 1) * x / log(u), u = exp(x), does not."""
-    dtype, x = ctx.dtype(node, 0), ctx.input(node, 0)
     u = ctx.emit1("Exp", [x])
     direct = ctx.emit1("Sub", [u, typed(ctx, 1, dtype)])
     corrected = ctx.emit1("Div", [ctx.emit1("Mul", [direct, x]), ctx.emit1("Log", [u])])
     near_zero = ctx.emit1("Where", [ctx.emit1("Equal", [direct, typed(ctx, 0, dtype)]), x, corrected])
-    ctx.emit1("Where", [_small(ctx, x, dtype), near_zero, direct], ctx.output(node))
+    return ctx.emit1("Where", [_small(ctx, x, dtype), near_zero, direct], out)
 
 
-@converter("log1p")
-def log1p(ctx: ConvertContext, node: Node) -> None:
+def _log1p(ctx: ConvertContext, x: str, dtype: str, out: str | None) -> str:
     """log(1 + x) loses x's low bits; log(u) * x / (u - 1), u = 1 + x, keeps them (Kahan)."""
-    dtype, x = ctx.dtype(node, 0), ctx.input(node, 0)
     u = ctx.emit1("Add", [x, typed(ctx, 1, dtype)])
     direct = ctx.emit1("Log", [u])
     shifted = ctx.emit1("Sub", [u, typed(ctx, 1, dtype)])
     corrected = ctx.emit1("Div", [ctx.emit1("Mul", [direct, x]), shifted])
     near_zero = ctx.emit1("Where", [ctx.emit1("Equal", [shifted, typed(ctx, 0, dtype)]), x, corrected])
-    ctx.emit1("Where", [_small(ctx, x, dtype), near_zero, direct], ctx.output(node))
+    return ctx.emit1("Where", [_small(ctx, x, dtype), near_zero, direct], out)
+
+
+@converter("expm1")
+def expm1(ctx: ConvertContext, node: Node) -> None:
+    _float_math(ctx, node, _expm1)
+
+
+@converter("log1p")
+def log1p(ctx: ConvertContext, node: Node) -> None:
+    _float_math(ctx, node, _log1p)
 
 
 SCALED = {"log2": ("Log", 1 / math.log(2)), "log10": ("Log", 1 / math.log(10)),
@@ -271,10 +360,12 @@ SCALED = {"log2": ("Log", 1 / math.log(2)), "log10": ("Log", 1 / math.log(10)),
 @converter(*SCALED)
 def scaled(ctx: ConvertContext, node: Node) -> None:
     op_type, factor = SCALED[node.op]
-    x = ctx.input(node, 0)
-    if op_type:
-        x = ctx.emit1(op_type, [x])
-    ctx.emit1("Mul", [x, typed(ctx, factor, ctx.dtype(node, 0))], ctx.output(node))
+
+    def lower(ctx: ConvertContext, x: str, dtype: str, out: str | None) -> str:
+        if op_type:
+            x = ctx.emit1(op_type, [x])
+        return ctx.emit1("Mul", [x, typed(ctx, factor, dtype)], out)
+    _float_math(ctx, node, lower)
 
 
 @converter("logical_not")
@@ -286,27 +377,36 @@ def logical_not(ctx: ConvertContext, node: Node) -> None:
 
 @converter("clip")
 def clip(ctx: ConvertContext, node: Node) -> None:
+    """MXNet compares in float and returns ``DType(bound)``: for integers, the bounds truncated
+    after clamping them into the type's range (a uint8 clip to [-2.5, 300] changes nothing)."""
     dtype = ctx.dtype(node, 0)
-    ctx.emit1("Clip", [ctx.input(node, 0), typed(ctx, ctx.attr(node, "a_min"), dtype),
-                       typed(ctx, ctx.attr(node, "a_max"), dtype)], ctx.output(node))
+    bounds = [float(ctx.attr(node, "a_min")), float(ctx.attr(node, "a_max"))]
+    if dtype not in FLOAT_DTYPES:
+        limits = np.iinfo(dtype)
+        bounds = [min(max(bound, limits.min), limits.max) for bound in bounds]
+    ctx.emit1("Clip", [ctx.input(node, 0), *(typed(ctx, bound, dtype) for bound in bounds)],
+              ctx.output(node))
 
 
 @converter("hard_sigmoid")
 def hard_sigmoid(ctx: ConvertContext, node: Node) -> None:
-    ctx.emit1("HardSigmoid", [ctx.input(node, 0)], ctx.output(node),
-              alpha=float(ctx.attr(node, "alpha")), beta=float(ctx.attr(node, "beta")))
+    alpha, beta = float(ctx.attr(node, "alpha")), float(ctx.attr(node, "beta"))
+    _float_math(ctx, node, lambda ctx, x, dtype, out:
+                ctx.emit1("HardSigmoid", [x], out, alpha=alpha, beta=beta), double_kernel=False)
 
 
 @converter("smooth_l1")
 def smooth_l1(ctx: ConvertContext, node: Node) -> None:
     """0.5 (sigma x)^2 where |x| < 1/sigma^2, else |x| - 0.5/sigma^2 (sigma = ``scalar``)."""
-    dtype, x = ctx.dtype(node, 0), ctx.input(node, 0)
-    sigma2 = float(ctx.attr(node, "scalar")) ** 2
-    magnitude = ctx.emit1("Abs", [x])
-    quadratic = ctx.emit1("Mul", [ctx.emit1("Mul", [x, x]), typed(ctx, 0.5 * sigma2, dtype)])
-    linear = ctx.emit1("Sub", [magnitude, typed(ctx, 0.5 / sigma2, dtype)])
-    inside = ctx.emit1("Less", [magnitude, typed(ctx, 1 / sigma2, dtype)])
-    ctx.emit1("Where", [inside, quadratic, linear], ctx.output(node))
+    sigma2 = float(ctx.attr(node, "scalar", 1.0)) ** 2  # (the schema has no default; MXNet's is 1)
+
+    def lower(ctx: ConvertContext, x: str, dtype: str, out: str | None) -> str:
+        magnitude = ctx.emit1("Abs", [x])
+        quadratic = ctx.emit1("Mul", [ctx.emit1("Mul", [x, x]), typed(ctx, 0.5 * sigma2, dtype)])
+        linear = ctx.emit1("Sub", [magnitude, typed(ctx, 0.5 / sigma2, dtype)])
+        inside = ctx.emit1("Less", [magnitude, typed(ctx, 1 / sigma2, dtype)])
+        return ctx.emit1("Where", [inside, quadratic, linear], out)
+    _float_math(ctx, node, lower)
 
 
 def _polynomial(ctx: ConvertContext, w: str, coefficients, dtype: str) -> str:
@@ -344,7 +444,7 @@ def erfinv(ctx: ConvertContext, node: Node) -> None:
     step = ctx.emit1("Div", [cast(ctx, residual, "float64"), slope])
     finite = ctx.emit1("Less", [ctx.emit1("Abs", [x]), one])
     refined = ctx.emit1("Where", [finite, ctx.emit1("Sub", [y, step]), y])
-    cast(ctx, refined, ctx.output_dtype(node), ctx.output(node))
+    _from_double(ctx, refined, ctx.output_dtype(node), ctx.output(node))
 
 
 # Lanczos approximation, g = 7, n = 9 (relative error ~1e-15 in double).
@@ -377,17 +477,30 @@ def _log_gamma(ctx: ConvertContext, x: str) -> tuple[str, str]:
     return ctx.emit1("Where", [reflect, reflected, log_gamma]), sign
 
 
+def _from_double(ctx: ConvertContext, value: str, dtype: str, output: str) -> str:
+    """A float64 result in ``dtype``: through float32 unless double (MXNet's result is a float
+    that is then cast, so an integer gamma(5) is 24, not the truncation of 23.99999999999997).
+    The float32 is truncated explicitly: onnxruntime merges Cast(double -> float) -> Cast(float
+    -> int8) into one cast from double, even unoptimized."""
+    if dtype in ("float32", "float64"):
+        return cast(ctx, value, dtype, output)
+    value = cast(ctx, value, "float32")
+    if dtype not in FLOAT_DTYPES:
+        value = _towards_zero(ctx, value)
+    return cast(ctx, value, dtype, output)
+
+
 @converter("gammaln")
 def gammaln(ctx: ConvertContext, node: Node) -> None:
     log_gamma, _ = _log_gamma(ctx, cast(ctx, ctx.input(node, 0), "float64"))
-    cast(ctx, log_gamma, ctx.output_dtype(node), ctx.output(node))
+    _from_double(ctx, log_gamma, ctx.output_dtype(node), ctx.output(node))
 
 
 @converter("gamma")
 def gamma(ctx: ConvertContext, node: Node) -> None:
     log_gamma, sign = _log_gamma(ctx, cast(ctx, ctx.input(node, 0), "float64"))
     value = ctx.emit1("Mul", [ctx.emit1("Exp", [log_gamma]), sign])
-    cast(ctx, value, ctx.output_dtype(node), ctx.output(node))
+    _from_double(ctx, value, ctx.output_dtype(node), ctx.output(node))
 
 
 # --- reductions ------------------------------------------------------------------------------
@@ -422,15 +535,25 @@ def reduce_to_output(ctx: ConvertContext, node: Node, op_type: str, value: str, 
 
 @converter(*REDUCTIONS)
 def reduction(ctx: ConvertContext, node: Node) -> None:
+    """8-bit integers sum (and multiply) in int32, wrapping back to their type at the end, as
+    MXNet's running sum in the type does; their mean is that wrapped sum over the count."""
     op_type, nan_replacement = REDUCTIONS[node.op]
     rank = len(input_shape(ctx, node, 0))
     axes = reduced_axes(ctx, node, rank, ctx.attr(node, "exclude"))
-    value = ctx.input(node, 0)
-    dtype = ctx.dtype(node, 0)
-    if nan_replacement is not None and dtype in FLOAT_DTYPES:
-        value = ctx.emit1("Where", [ctx.emit1("IsNaN", [value]), typed(ctx, nan_replacement, dtype),
-                                    value])
-    reduce_to_output(ctx, node, op_type, value, axes, ctx.attr(node, "keepdims"), ctx.output(node))
+    keepdims, dtype = ctx.attr(node, "keepdims"), ctx.dtype(node, 0)
+
+    def lower(ctx: ConvertContext, value: str, work: str, out: str | None) -> str:
+        if nan_replacement is not None and work in FLOAT_DTYPES:
+            value = ctx.emit1("Where", [ctx.emit1("IsNaN", [value]),
+                                        typed(ctx, nan_replacement, work), value])
+        if op_type != "ReduceMean" or work == dtype:
+            return reduce_to_output(ctx, node, op_type, value, axes, keepdims, out)
+        total = reduce_to_output(ctx, node, "ReduceSum", value, axes, keepdims, None)
+        count = ctx.emit1("Div", [ctx.emit1("Size", [value]), ctx.emit1("Size", [total])])
+        wrapped = cast(ctx, cast(ctx, total, dtype), work)
+        return ctx.emit1("Div", [wrapped, cast(ctx, count, work)], out)
+    work = dtype if op_type in ("ReduceMax", "ReduceMin") else _arithmetic_dtype(dtype)
+    _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 @converter("norm")
@@ -441,12 +564,17 @@ def norm(ctx: ConvertContext, node: Node) -> None:
         raise Unsupported(f"norm of order {order}")
     rank = len(input_shape(ctx, node, 0))
     axes = reduced_axes(ctx, node, rank)
+    dtype, out_dtype = ctx.dtype(node, 0), ctx.output_dtype(node)
+    if order == 2 and dtype not in FLOAT_DTYPES:
+        raise Unsupported(f"L2 norm of {dtype} (MXNet scales its running sum of squares by "
+                          "integer division: norm([3, 4]) is 4)")
     op_type = "ReduceL1" if order == 1 else "ReduceL2"
-    out_dtype = ctx.output_dtype(node)
-    same_dtype = out_dtype == ctx.dtype(node, 0)
-    result = reduce_to_output(ctx, node, op_type, ctx.input(node, 0), axes,
-                              ctx.attr(node, "keepdims"), ctx.output(node) if same_dtype else None)
-    if not same_dtype:
+    keepdims = ctx.attr(node, "keepdims")
+    result = _in_dtype(ctx, [ctx.input(node, 0)], dtype, _arithmetic_dtype(dtype),
+                       lambda ctx, x, work, out: reduce_to_output(ctx, node, op_type, x, axes,
+                                                                  keepdims, out),
+                       ctx.output(node) if out_dtype == dtype else None)
+    if out_dtype != dtype:
         cast(ctx, result, out_dtype, ctx.output(node))
 
 
@@ -481,12 +609,14 @@ def _flatten_if_no_axis(ctx: ConvertContext, node: Node, axis) -> tuple[str, int
 
 @converter("argmax", "argmin", "argmax_channel")
 def arg_reduction(ctx: ConvertContext, node: Node) -> None:
-    """The first index of the extreme value, in MXNet's output dtype (the input's: float)."""
-    axis = -1 if node.op == "argmax_channel" else ctx.attr(node, "axis")
+    """The first index of the extreme value, in MXNet's output dtype (the input's: float).
+    ``argmax_channel`` is argmax over axis 1; a 1-D input gives shape (1,), never 0-d."""
+    axis = 1 if node.op == "argmax_channel" else ctx.attr(node, "axis")
     keepdims = node.op != "argmax_channel" and ctx.attr(node, "keepdims")
     data, axis, flattened = _flatten_if_no_axis(ctx, node, axis)
+    vector = len(input_shape(ctx, node, 0)) == 1
     op_type = "ArgMin" if node.op == "argmin" else "ArgMax"
-    index = ctx.emit1(op_type, [data], axis=axis, keepdims=int(keepdims or flattened))
+    index = ctx.emit1(op_type, [data], axis=axis, keepdims=int(keepdims or flattened or vector))
     if flattened and keepdims:
         index = reshape(ctx, index, output_shape(ctx, node))
     cast(ctx, index, ctx.output_dtype(node), ctx.output(node))
@@ -558,6 +688,13 @@ def dot(ctx: ConvertContext, node: Node) -> None:
     left, and a Reshape restores right's axes."""
     lhs_shape, rhs_shape = input_shape(ctx, node, 0), input_shape(ctx, node, 1)
     lhs, rhs = ctx.input(node, 0), ctx.input(node, 1)
+    ranks = (len(lhs_shape), len(rhs_shape))
+    if ranks == (2, 1) and ctx.attr(node, "transpose_a") or \
+            ranks == (1, 2) and ctx.attr(node, "transpose_b"):
+        # A^T v == v A, v B^T == B v: no Transpose (onnxruntime 1.32 fuses Transpose + MatMul
+        # of a 1-D rhs into a wrong FusedMatMul: A^T v came out as reshape(A) v)
+        ctx.emit1("MatMul", [rhs, lhs], ctx.output(node))
+        return
     if ctx.attr(node, "transpose_a") and len(lhs_shape) > 1:
         lhs = ctx.emit1("Transpose", [lhs], perm=list(range(1, len(lhs_shape))) + [0])
     left_rank = max(len(lhs_shape) - 1, 0)
@@ -586,9 +723,9 @@ def _last_two_swapped(ctx: ConvertContext, value: str, rank: int) -> str:
     return ctx.emit1("Transpose", [value], perm=perm)
 
 
-def _batched_product(ctx: ConvertContext, node: Node, output: str | None = None) -> str:
+def _batched_product(ctx: ConvertContext, node: Node, lhs: str, rhs: str,
+                     output: str | None = None) -> str:
     """op(A) @ op(B) over the last two axes, the others being the batch."""
-    lhs, rhs = ctx.input(node, 0), ctx.input(node, 1)
     if ctx.attr(node, "transpose_a"):
         lhs = _last_two_swapped(ctx, lhs, len(input_shape(ctx, node, 0)))
     if ctx.attr(node, "transpose_b"):
@@ -598,24 +735,31 @@ def _batched_product(ctx: ConvertContext, node: Node, output: str | None = None)
 
 @converter("batch_dot")
 def batch_dot(ctx: ConvertContext, node: Node) -> None:
-    _batched_product(ctx, node, ctx.output(node))
+    _batched_product(ctx, node, ctx.input(node, 0), ctx.input(node, 1), ctx.output(node))
 
 
 @converter("_linalg_gemm2", "_linalg_gemm")
 def linalg_gemm(ctx: ConvertContext, node: Node) -> None:
-    """alpha op(A) op(B) (+ beta C for gemm) over the last two axes. Another row ``axis``
-    than -2 is not supported."""
+    """alpha op(A) op(B) (+ beta C for gemm). The matrices lie on (``axis``, last axis), the
+    other axes being the batch: another ``axis`` than -2 is moved next to the last one (every
+    operand the same way) and moved back in the result."""
     rank = len(input_shape(ctx, node, 0))
-    if normalize_axis(ctx.attr(node, "axis"), rank) != rank - 2:
-        raise Unsupported(f"matrix rows on axis {ctx.attr(node, 'axis')} (only -2)")
-    dtype = ctx.dtype(node, 0)
+    rows = normalize_axis(ctx.attr(node, "axis"), rank)
+    perm = [a for a in range(rank) if a not in (rows, rank - 1)] + [rows, rank - 1]
+    moved = perm != list(range(rank))
+    operands = ctx.inputs(node)
+    if moved:
+        operands = [ctx.emit1("Transpose", [value], perm=perm) for value in operands]
+    dtype, output = ctx.dtype(node, 0), ctx.output(node)
     alpha = float(ctx.attr(node, "alpha"))
     gemm = node.op == "_linalg_gemm"
-    product = _batched_product(ctx, node, ctx.output(node) if alpha == 1 and not gemm else None)
+    last = not moved and not gemm  # whether the step being emitted is the last one
+    result = _batched_product(ctx, node, operands[0], operands[1],
+                              output if last and alpha == 1 else None)
     if alpha != 1:
-        product = ctx.emit1("Mul", [product, typed(ctx, alpha, dtype)],
-                            None if gemm else ctx.output(node))
+        result = ctx.emit1("Mul", [result, typed(ctx, alpha, dtype)], output if last else None)
     if gemm:
-        addend = ctx.emit1("Mul", [ctx.input(node, 2), typed(ctx, ctx.attr(node, "beta"), dtype)])
-        ctx.emit1("Add", [product, addend], ctx.output(node))
-
+        addend = ctx.emit1("Mul", [operands[2], typed(ctx, ctx.attr(node, "beta"), dtype)])
+        result = ctx.emit1("Add", [result, addend], None if moved else output)
+    if moved:
+        ctx.emit1("Transpose", [result], output, perm=[int(a) for a in np.argsort(perm)])
