@@ -68,6 +68,7 @@ class ConvertContext:
         self._names: set[str] = set()
         self._constants: dict[tuple, str] = {}
         self._renamed: dict[Tensor, str] = {}
+        self._batch_size: str | None = None
         self.current: Node | None = None
 
     # --- reading the MXNet node -------------------------------------------------------------
@@ -173,6 +174,67 @@ class ConvertContext:
 
     def int64s(self, values: Iterable[int], hint: str = "ints") -> str:
         return self.constant(np.asarray(list(values), dtype=np.int64), hint=hint)
+
+    # --- the dynamic batch ------------------------------------------------------------------
+
+    def batch_size(self) -> str:
+        """A 1-D int64 ONNX value ``[N]``: axis 0 of the first graph input at run time (the
+        batch size of a dynamic-batch export)."""
+        if self._batch_size is None:
+            live = self.graph.live_nodes()
+            source = next((n for n in self.graph.variables("input")
+                           if n.name in live and n.outputs[0].shape), None)
+            if source is None:
+                raise Unsupported("the batch size is needed, but the graph has no input with a shape")
+            saved, self.current = self.current, None
+            try:
+                shape = self.emit1("Shape", [source.name], self.fresh("batch_shape"))
+                self._batch_size = self.emit1("Slice", [shape, self.int64s([0]), self.int64s([1])],
+                                              self.fresh("batch_size"))
+            finally:
+                self.current = saved
+        return self._batch_size
+
+    def runtime_shape(self, tensor: Tensor, dynamic: Iterable[int], other: Sequence[int] | None
+                      ) -> str:
+        """A 1-D int64 ONNX value holding the shape ``tensor`` has at run time, for a tensor
+        that no ONNX value carries (the output of MXNet's ``zeros``, whose size MXNet inferred
+        from elsewhere in the graph). ``dynamic``: its axes that follow the batch; ``other``:
+        its shape when every input's axis 0 is doubled. A dynamic axis must be a fixed multiple
+        of the batch size (``k * N``); anything else cannot be written without the tensor the
+        size came from, and is refused."""
+        shape = self.graph.tensor_type(tensor).shape
+        if shape is None:
+            raise Unsupported("its output shape is unknown (load the model with input shapes)")
+        dynamic = sorted(dynamic)
+        if not dynamic:
+            return self.int64s(shape, hint="shape")
+        batch = self._export_batch()
+        for axis in dynamic:  # (refused before any ONNX node is added)
+            if other is None or shape[axis] % batch or other[axis] != 2 * shape[axis]:
+                raise Unsupported(f"axis {axis} of its output ({shape[axis]} at batch {batch}) "
+                                  "does not scale with the batch size; export with "
+                                  "dynamic_batch=False")
+        pieces = []
+        for axis, size in enumerate(shape):
+            if axis in dynamic:
+                factor = size // batch
+                pieces.append(self.batch_size() if factor == 1 else
+                              self.emit1("Mul", [self.batch_size(), self.int64s([factor])]))
+            else:
+                pieces.append(self.int64s([size]))
+        return self.emit1("Concat", pieces, axis=0)
+
+    def _export_batch(self) -> int:
+        """Axis 0 of the inputs at export; refused when the inputs disagree on it (which one a
+        size follows is then unknown)."""
+        live = self.graph.live_nodes()
+        sizes = {n.outputs[0].shape[0] for n in self.graph.variables("input")
+                 if n.name in live and n.outputs[0].shape}
+        if len(sizes) != 1:
+            raise Unsupported(f"the inputs' axis 0 sizes differ ({sorted(sizes)}), so which one "
+                              "its output's size follows is unknown; export with dynamic_batch=False")
+        return sizes.pop()
 
     def alias(self, tensor: Tensor, name: str) -> None:
         """Let later readers of ``tensor`` read ONNX value ``name`` (for no-op converters)."""

@@ -659,22 +659,32 @@ def arange_like(ctx: ConvertContext, node: Node) -> None:
     ctx.emit1("Reshape", [values, ctx.emit1("Shape", [data])], ctx.output(node))
 
 
+def created_shape(ctx: ConvertContext, node: Node, index: int = 0) -> str:
+    """The run-time shape (1-D int64 value) of an output an op makes from nothing: zeros, ones,
+    full, eye, random draws. Its shape attribute may leave axes to MXNet's inference (a 0),
+    which fills them from elsewhere in the graph: a Gluon RNN layer's begin state is
+    ``zeros(shape=(layers, 0, units))`` and its 0 is the batch. With a dynamic batch, the axes
+    that follow it are computed from the batch size at run time."""
+    tensor = Tensor(node.name, index)
+    output_shape(ctx, node, index)  # (refuses an unknown shape)
+    return ctx.runtime_shape(tensor, output_batch_axes(ctx, node, index),
+                             _shapes_at_another_batch(ctx).get(tensor))
+
+
 @converter("_zeros", "_zeros_without_dtype")
 def zeros(ctx: ConvertContext, node: Node) -> None:
-    filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), 0, ctx.output_dtype(node),
-           ctx.output(node))
+    filled(ctx, created_shape(ctx, node), 0, ctx.output_dtype(node), ctx.output(node))
 
 
 @converter("_ones")
 def ones(ctx: ConvertContext, node: Node) -> None:
-    filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), 1, ctx.output_dtype(node),
-           ctx.output(node))
+    filled(ctx, created_shape(ctx, node), 1, ctx.output_dtype(node), ctx.output(node))
 
 
 @converter("_full")
 def full(ctx: ConvertContext, node: Node) -> None:
-    filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), ctx.attr(node, "value"),
-           ctx.output_dtype(node), ctx.output(node))
+    filled(ctx, created_shape(ctx, node), ctx.attr(node, "value"), ctx.output_dtype(node),
+           ctx.output(node))
 
 
 _EYE_LIKE_TYPES = ("float32", "float64", "int32", "int64")  # onnxruntime's EyeLike kernels
@@ -686,7 +696,7 @@ def eye(ctx: ConvertContext, node: Node) -> None:
     dtypes (int8, uint8, float16 ...) are made in float32 and cast."""
     dtype = ctx.output_dtype(node)
     compute = dtype if dtype in _EYE_LIKE_TYPES else "float32"
-    zero = filled(ctx, ctx.int64s(output_shape(ctx, node), hint="shape"), 0, compute)
+    zero = filled(ctx, created_shape(ctx, node), 0, compute)
     if compute == dtype:
         ctx.emit1("EyeLike", [zero], ctx.output(node), k=ctx.attr(node, "k"))
     else:
@@ -699,13 +709,16 @@ def _drawn_dtype(ctx: ConvertContext, node: Node) -> str:
     return dtype if dtype in ("float32", "float64") else "float32"
 
 
-def _draw(ctx: ConvertContext, node: Node, op_type: str, **attrs) -> str:
-    """A Random* node, or its *Like form (shaped like input 0) for a ``_like`` op."""
+def _draw(ctx: ConvertContext, node: Node, op_type: str, dtype: str | None = None, **attrs) -> str:
+    """A Random* node, or its *Like form: shaped like input 0 for a ``_like`` op, or like a
+    tensor of the run-time shape when the output follows a dynamic batch."""
+    dtype = onnx_dtype(dtype or _drawn_dtype(ctx, node))
     if node.op.endswith("_like"):
-        return ctx.emit1(f"{op_type}Like", [ctx.input(node, 0)],
-                         dtype=onnx_dtype(_drawn_dtype(ctx, node)), **attrs)
-    return ctx.emit1(op_type, [], dtype=onnx_dtype(_drawn_dtype(ctx, node)),
-                     shape=list(output_shape(ctx, node)), **attrs)
+        return ctx.emit1(f"{op_type}Like", [ctx.input(node, 0)], dtype=dtype, **attrs)
+    if output_batch_axes(ctx, node):
+        shaped = filled(ctx, created_shape(ctx, node), 0, "float32")
+        return ctx.emit1(f"{op_type}Like", [shaped], dtype=dtype, **attrs)
+    return ctx.emit1(op_type, [], dtype=dtype, shape=list(output_shape(ctx, node)), **attrs)
 
 
 def _drawn_output(ctx: ConvertContext, node: Node, value: str) -> None:
@@ -741,8 +754,7 @@ def random_exponential(ctx: ConvertContext, node: Node) -> None:
 def random_randint(ctx: ConvertContext, node: Node) -> None:
     """Integers in [low, high): the floor of a float64 draw in that range."""
     low, high = ctx.attr(node, "low"), ctx.attr(node, "high")
-    drawn = ctx.emit1("RandomUniform", [], dtype=TensorProto.DOUBLE, low=float(low), high=float(high),
-                      shape=list(output_shape(ctx, node)))
+    drawn = _draw(ctx, node, "RandomUniform", "float64", low=float(low), high=float(high))
     cast(ctx, ctx.emit1("Floor", [drawn]), ctx.output_dtype(node), ctx.output(node))
 
 
