@@ -429,9 +429,21 @@ def test_linalg_gemm_with_rows_on_another_axis(lhs, rhs, out, attrs, tmp_path):
     ((4, 3), (5, 4), {"transpose_a": True, "transpose_b": True}),
 ], ids=str)
 def test_dot_of_a_transposed_matrix_and_a_vector(lhs_shape, rhs_shape, attrs, tmp_path):
-    """onnxruntime 1.32 fuses Transpose + MatMul with a 1-D rhs into a wrong product (A^T v came
-    out as reshape(A, (3, 4)) v): the converter writes v A instead."""
+    """onnxruntime 1.32 fuses Transpose + MatMul with a 1-D operand into a wrong product (A^T v
+    came out as reshape(A, (3, 4)) v): the converter never gives MatMul a 1-D operand."""
     check(mx.sym.dot(x, y, **attrs), tmp_path, {"x": normal(*lhs_shape), "y": normal(*rhs_shape)})
+
+
+@pytest.mark.parametrize("build,lhs_shape,rhs_shape", [
+    (lambda: mx.sym.dot(mx.sym.transpose(x), y), (4, 3), (4,)),
+    (lambda: mx.sym.dot(mx.sym.SwapAxis(x, dim1=0, dim2=1), y), (4, 3), (4,)),
+    (lambda: mx.sym.dot(y, mx.sym.transpose(x)), (3, 4), (4,)),
+    (lambda: mx.sym.dot(mx.sym.transpose(x, axes=(0, 2, 1)), y), (2, 4, 3), (4,)),
+], ids=["transpose-vector", "swapaxis-vector", "vector-transpose", "3d-transpose-vector"])
+def test_dot_of_a_vector_and_a_transpose_from_another_op(build, lhs_shape, rhs_shape, tmp_path):
+    """The same onnxruntime fusion, where the Transpose comes from the converter of the MXNet
+    op before the dot (a user's transpose or SwapAxis)."""
+    check(build(), tmp_path, {"x": normal(*lhs_shape), "y": normal(*rhs_shape)})
 
 
 # --- every dtype MXNet takes ---------------------------------------------------------------------

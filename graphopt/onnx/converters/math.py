@@ -30,7 +30,7 @@ from graphopt.onnx.context import ConvertContext, Unsupported, converter
 from graphopt.onnx.converters.tensor import (cast, cast_to_bool, filled, input_batch_axes,
                                              input_shape, normalize_axis, output_batch_axes,
                                              output_shape, reduce, reshape, runtime_dims,
-                                             typed)
+                                             squeeze, typed, unsqueeze)
 
 FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 NARROW_INTS = ("int8", "uint8", "int16", "uint16", "bool")  # no ONNX arithmetic on these
@@ -688,13 +688,6 @@ def dot(ctx: ConvertContext, node: Node) -> None:
     left, and a Reshape restores right's axes."""
     lhs_shape, rhs_shape = input_shape(ctx, node, 0), input_shape(ctx, node, 1)
     lhs, rhs = ctx.input(node, 0), ctx.input(node, 1)
-    ranks = (len(lhs_shape), len(rhs_shape))
-    if ranks == (2, 1) and ctx.attr(node, "transpose_a") or \
-            ranks == (1, 2) and ctx.attr(node, "transpose_b"):
-        # A^T v == v A, v B^T == B v: no Transpose (onnxruntime 1.32 fuses Transpose + MatMul
-        # of a 1-D rhs into a wrong FusedMatMul: A^T v came out as reshape(A) v)
-        ctx.emit1("MatMul", [rhs, lhs], ctx.output(node))
-        return
     if ctx.attr(node, "transpose_a") and len(lhs_shape) > 1:
         lhs = ctx.emit1("Transpose", [lhs], perm=list(range(1, len(lhs_shape))) + [0])
     left_rank = max(len(lhs_shape) - 1, 0)
@@ -707,7 +700,19 @@ def dot(ctx: ConvertContext, node: Node) -> None:
     out_shape = output_shape(ctx, node)
     if left_rank + right_rank == 0:  # vector . vector: a 0-d MatMul, shape (1,) in MXNet
         reshape(ctx, ctx.emit1("MatMul", [lhs, rhs]), (1,), output=ctx.output(node))
-    elif right_rank <= 1:
+    elif right_rank == 0:
+        # A vector operand is made a matrix: onnxruntime 1.32 fuses Transpose + MatMul with a
+        # 1-D operand into a wrong FusedMatMul (A^T v came out as reshape(A) v), whether the
+        # Transpose is this node's or the converter of an MXNet transpose before it.
+        column = ctx.emit1("MatMul", [lhs, unsqueeze(ctx, rhs, [1])])
+        squeeze(ctx, column, [-1], ctx.output(node))
+    elif left_rank == 0:
+        row = ctx.emit1("MatMul", [unsqueeze(ctx, lhs, [0]), rhs])
+        if right_rank == 1:
+            squeeze(ctx, row, [0], ctx.output(node))
+        else:
+            reshape(ctx, row, out_shape, output_batch_axes(ctx, node), ctx.output(node))
+    elif right_rank == 1:
         ctx.emit1("MatMul", [lhs, rhs], ctx.output(node))
     else:
         product = ctx.emit1("MatMul", [lhs, rhs])
