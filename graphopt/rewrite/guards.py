@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphopt.rewrite.batch import shapes_at_other_batches, shapes_with_every_axis_varied
 from graphopt.rewrite.match import Ref
 from graphopt.rewrite.registry import register_guard
+from graphopt.rewrite.validate import LocalShapeInference
+
+_INFERENCE = LocalShapeInference()
 
 
 def _names(uses: list[tuple[str, int]]) -> str:
@@ -75,6 +79,8 @@ def batchnorm_on_channel_axis(bn: Ref, producer: Ref) -> str | None:
     layouts; dense: the last axis) and outputs nothing but its result."""
     if bn.attr("output_mean_var"):
         return f"{bn.name} also outputs its mean and variance"
+    if bn.shape is None:
+        return f"the shape of {bn.name}'s output is unknown (MXNet cannot infer it)"
     rank = len(bn.shape)
     axis = int(bn.attr("axis"))
     if not -rank <= axis < rank:
@@ -101,9 +107,36 @@ def float_tensors(*tensors: Ref | None) -> str | None:
 
 @register_guard
 def same_shape(result: Ref, source: Ref) -> str | None:
-    """``result`` has the shape of ``source`` (a reshape or flatten that changes nothing)."""
+    """``result`` has the shape of ``source`` (a reshape or flatten that changes nothing), both
+    known: two unknown shapes (after a ``_while_loop``) say nothing about each other."""
+    if result.shape is None or source.shape is None:
+        unknown = result if result.shape is None else source
+        return f"the shape of {unknown.name}'s output is unknown (MXNet cannot infer it)"
     if result.shape != source.shape:
         return f"{result.name} changes the shape {source.shape} to {result.shape}"
+    return None
+
+
+@register_guard
+def reshape_is_identity(reshape: Ref, source: Ref) -> str | None:
+    """``reshape`` (Reshape or Flatten) gives back its input ``source`` at every batch size, not
+    only at the loaded one: ``Reshape(shape=(6, -1))`` of a (6, 4) tensor is the identity at
+    batch 6, but makes (3, 4) into (6, 2) at batch 3. Checked by MXNet's inference of the reshape
+    at the input's shapes at two other batch sizes (graphopt.rewrite.batch); where those are
+    unknown, with every axis of the input varied."""
+    problem = same_shape(reshape, source)
+    if problem or reshape.op == "Flatten":
+        return problem  # a Flatten that keeps a shape has a 2-D input, and keeps any 2-D shape
+    others = shapes_at_other_batches(source.graph, source.tensor)
+    if others is None:
+        others = shapes_with_every_axis_varied(source.shape)
+    for shape in others:
+        result = _INFERENCE.infer_with_inputs(reshape.graph, reshape.name, [(shape, source.dtype)])
+        if isinstance(result, str):
+            return f"{reshape.name} cannot reshape a {shape} input: {result}"
+        if result[0].shape != shape:
+            return (f"{reshape.name} keeps the shape {source.shape} at the loaded batch size only: "
+                    f"it makes {shape} into {result[0].shape}")
     return None
 
 

@@ -129,12 +129,19 @@ class LocalShapeInference:
             if not tensor_type.known:
                 return f"input slot {slot} of {name!r} ({tensor.node!r}) has no known shape"
             types.append((tensor_type.shape, tensor_type.dtype))
+        result = self.infer_with_inputs(graph, name, types)
+        if isinstance(result, str):
+            return f"shape inference of {name!r} ({node.op}) failed: {result}"
+        return result
+
+    def infer_with_inputs(self, graph: Graph, name: str, types: list[tuple]) -> list[TensorType] | str:
+        """The output types of op ``name`` if its inputs had ``types`` (shape, dtype), or
+        MXNet's objection: what the op would give at another batch size, say."""
+        node = graph.node(name)
         key = (node.op, _hashable(node.attrs), tuple(types))
         result = self.cache.get(key)
         if result is None:
             result = self.cache[key] = self._infer_with_mxnet(node.op, format_attrs(node), types)
-        if isinstance(result, str):
-            return f"shape inference of {name!r} ({node.op}) failed: {result}"
         return result
 
     @staticmethod
