@@ -41,7 +41,7 @@ def _rename_inputs(symbol_path: Path, renames: dict[str, str]) -> None:
     renames = {old: new for old, new in renames.items() if old != new}
     if not renames:
         return
-    data = json.loads(symbol_path.read_text())
+    data = json.loads(symbol_path.read_text(encoding="utf-8"))
     taken = {node["name"] for node in data["nodes"]} - set(renames)
     clash = sorted(set(renames.values()) & taken)
     if clash:
@@ -50,4 +50,4 @@ def _rename_inputs(symbol_path: Path, renames: dict[str, str]) -> None:
     for node in data["nodes"]:
         if node["op"] == "null" and node["name"] in renames:
             node["name"] = renames[node["name"]]
-    symbol_path.write_text(json.dumps(data))
+    symbol_path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")

@@ -22,20 +22,35 @@ _OPERATOR_IN_ERROR = re.compile(r"Error in operator ([^:\s]+)")
 
 def to_symbol(graph: Graph) -> mx.sym.Symbol:
     # Compact JSON: with ``indent`` json.dumps falls back to its pure-Python encoder (~5x slower).
-    return mx.sym.load_json(json.dumps(graph_to_dict(graph)))
+    return mx.sym.load_json(json.dumps(graph_to_dict(graph), ensure_ascii=False))
 
 
 def first_error_line(error: Exception) -> str:
-    """The one line of an MXNetError that says what went wrong (no stack trace)."""
-    text = str(error).replace("MXNetError: ", "")
-    lines = [line for line in text.splitlines() if line.strip() and "Stack trace" not in line]
-    return lines[0].strip() if lines else text.strip()
+    """The one line of an MXNetError that says what went wrong (no stack trace). MXNet 1.9
+    puts a C++ traceback first ("Traceback (most recent call last):", then "  File ..." lines)
+    and the message after it, on the line starting "MXNetError: "."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("MXNetError: "):
+            return line[len("MXNetError: "):].strip()
+    lines = [line for line in lines if "Stack trace" not in line and not line.startswith(
+        ("Traceback (most recent call last)", "File \""))]
+    return lines[0] if lines else text.strip()
 
 
-def known_shape(shape) -> tuple | None:
+def known_shape(shape, numpy_semantics: bool = False) -> tuple | None:
+    if numpy_semantics:  # MXNet's numpy shape semantics: None or -1 dims mean "unknown"
+        return None if shape is None or any(d < 0 for d in shape) else tuple(int(d) for d in shape)
     if shape is None or len(shape) == 0 or any(d == 0 for d in shape):
         return None  # MXNet's legacy shape semantics: () or 0 dims mean "unknown"
     return tuple(int(d) for d in shape)
+
+
+def needs_numpy_shapes(shapes) -> bool:
+    """Whether a 0-d or zero-size shape is among ``shapes``: such tensors exist only in MXNet's
+    numpy shape semantics (in the legacy ones, () and 0 dims mean "unknown")."""
+    return any(len(shape) == 0 or 0 in shape for shape in shapes)
 
 
 def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
@@ -67,12 +82,15 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     shapes = {k: v for k, v in shapes.items() if k in arguments}
     dtypes = {k: v for k, v in dtypes.items() if k in arguments}
 
+    numpy_semantics = needs_numpy_shapes(shapes.values())
     try:
-        arg_shapes, out_shapes, aux_shapes = internals.infer_shape_partial(**shapes)
+        with mx.util.np_shape(numpy_semantics):
+            arg_shapes, out_shapes, aux_shapes = internals.infer_shape_partial(**shapes)
     except mx.MXNetError as error:
         raise _explain_shape_failure(graph, internals, shapes, error, file) from None
     # MXNet checks argument shapes against what it infers, but silently ignores given aux shapes
-    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes)
+    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes,
+                                     numpy_semantics)
     if mismatch is not None:
         raise mismatch
     try:
@@ -87,7 +105,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
         node = graph.node(name)
         if len(node.outputs) != counts[name]:
             node.outputs = [TensorType() for _ in range(counts[name])]
-        node.outputs[index] = TensorType(known_shape(shape),
+        node.outputs[index] = TensorType(known_shape(shape, numpy_semantics),
                                          None if dtype is None else np.dtype(dtype).name)
     for name, shape in input_shapes.items():
         if name in graph and graph.node(name).kind == "input" and graph.node(name).shape is None:
@@ -105,23 +123,26 @@ def _explain_shape_failure(graph: Graph, internals, shapes: dict, error: Excepti
     """Tell a parameter of the wrong shape from an input shape that does not fit: infer again
     from the inputs alone and compare what each parameter should be with what it is."""
     inputs_only = {k: v for k, v in shapes.items() if graph.node(k).kind == "input"}
+    numpy_semantics = needs_numpy_shapes(shapes.values())
     try:
-        arg_shapes, _, aux_shapes = internals.infer_shape_partial(**inputs_only)
+        with mx.util.np_shape(numpy_semantics):
+            arg_shapes, _, aux_shapes = internals.infer_shape_partial(**inputs_only)
     except mx.MXNetError:
         return _error_at(ShapeError, graph, error, "the input shapes do not fit the graph", file)
-    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes)
+    mismatch = _param_shape_mismatch(graph, internals, arg_shapes, aux_shapes, shapes,
+                                     numpy_semantics)
     if mismatch is not None:
         return mismatch
     return _error_at(ShapeError, graph, error, "shape inference failed", file)
 
 
-def _param_shape_mismatch(graph: Graph, internals, arg_shapes, aux_shapes,
-                          shapes: dict) -> ParameterError | None:
+def _param_shape_mismatch(graph: Graph, internals, arg_shapes, aux_shapes, shapes: dict,
+                          numpy_semantics: bool = False) -> ParameterError | None:
     """A parameter whose stored shape differs from the one the graph needs, as an error naming
     the parameter, the node that reads it and both shapes."""
     names = internals.list_arguments() + internals.list_auxiliary_states()
     for name, expected in zip(names, list(arg_shapes) + list(aux_shapes)):
-        expected = known_shape(expected)
+        expected = known_shape(expected, numpy_semantics)
         node = graph.node(name)
         if node.kind in ("param", "aux") and expected is not None and expected != shapes[name]:
             consumer, _slot = graph.consumers(name)[0]

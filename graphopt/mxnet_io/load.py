@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -9,12 +10,13 @@ from typing import Mapping
 
 import mxnet as mx
 import numpy as np
+from mxnet.ndarray.ndarray import _DTYPE_MX_TO_NP
 
 from graphopt._gc import cyclic_gc_paused
 from graphopt.errors import ModelFileError, ParameterError, ShapeError
 from graphopt.ir.graph import Graph, TensorType
 from graphopt.mxnet_io.infer import first_error_line, infer_shapes
-from graphopt.mxnet_io.symbol_json import assign_output_names, graph_from_json
+from graphopt.mxnet_io.symbol_json import MXNET_VERSION, assign_output_names, graph_from_json
 from graphopt.schema import mxnet_schema
 
 # Names that can only be parameters: a variable so named but absent from the params file is a
@@ -25,7 +27,8 @@ _PARAM_SUFFIX = re.compile(r"(weight|bias|gamma|beta|running_mean|running_var|mo
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise ModelFileError("symbol file not found", file=str(path))
+        raise ModelFileError("symbol file is a directory" if path.is_dir() else "symbol file not found",
+                             file=str(path))
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -36,9 +39,10 @@ def read_params(params_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read an MXNet params file as numpy arrays, keys as stored (``arg:``/``aux:`` kept)."""
     path = Path(params_path)
     if not path.is_file():
-        raise ModelFileError("params file not found", file=str(path))
+        raise ModelFileError("params file is a directory" if path.is_dir() else "params file not found",
+                             file=str(path))
     try:
-        loaded = mx.nd.load(str(path))
+        loaded = _load_as_numpy(path)
     except mx.MXNetError as error:
         raise ModelFileError(f"cannot read params file (truncated or not an MXNet params file): "
                              f"{first_error_line(error)}", file=str(path)) from None
@@ -47,7 +51,26 @@ def read_params(params_path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(loaded, dict):
         raise ModelFileError("params file holds unnamed arrays; graphopt needs names",
                              file=str(path))
-    return {name: array.asnumpy() for name, array in loaded.items()}
+    return loaded
+
+
+def _load_as_numpy(path: Path) -> dict[str, np.ndarray] | list[np.ndarray]:
+    try:
+        loaded = mx.nd.load(str(path))
+    except mx.MXNetError as error:
+        if "np shape semantics" not in str(error):
+            raise
+        # written with numpy shape semantics (a 0-d or zero-size array, MXNet's numpy
+        # interface): MXNet reads such a file only with those semantics on
+        with mx.util.np_shape(True):
+            return _as_numpy(mx.nd.load(str(path)))
+    return _as_numpy(loaded)
+
+
+def _as_numpy(loaded):
+    if isinstance(loaded, dict):
+        return {name: array.asnumpy() for name, array in loaded.items()}
+    return [array.asnumpy() for array in loaded]
 
 
 def _strip_prefix(name: str) -> str:
@@ -108,8 +131,7 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
         input_names = symbol.list_inputs()  # arguments and aux states, in graph order
         aux_names = set(symbol.list_auxiliary_states())
     except mx.MXNetError as error:
-        raise ModelFileError(f"MXNet refuses the symbol: {first_error_line(error)}",
-                             file=str(symbol_path)) from None
+        raise _refused(graph, error, symbol_path) from None
 
     stored = {} if params_path is None else read_params(params_path)
     values = {_strip_prefix(k): v for k, v in stored.items()}
@@ -124,12 +146,17 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
     needed = [n for n in variable_names if n not in inputs and not _is_label(graph, n)]
     if stored and not any(n in values for n in needed) and any("." in k for k in values):
         values = _match_structural_names(needed, values, file=str(params_path))
+    if stored and needed and not any(n in values for n in needed):
+        raise ParameterError(f"the params file holds none of the {len(needed)} parameters the symbol "
+                             f"reads (such as {needed[0]!r}); it holds {sorted(values)[:3]}...: is it "
+                             f"the params file of another model?", file=str(params_path))
 
     for var in variable_names:
         node = graph.node(var)
         if var in inputs:
             node.kind = "input"
-            node.outputs[0] = TensorType(inputs[var], np.dtype((dtypes or {}).get(var, "float32")).name)
+            dtype = (dtypes or {}).get(var) or _declared_dtype(node) or "float32"
+            node.outputs[0] = TensorType(inputs[var], np.dtype(dtype).name)
         elif var in values:
             node.kind = "aux" if var in aux_names else "param"
             array = values[var]  # a fresh array from read_params: no copy needed (was 40%
@@ -150,14 +177,50 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
                                  file=str(params_path or symbol_path), node=consumer, op=op)
         else:
             node.kind = "input"
-            if dtypes and var in dtypes:
-                node.outputs[0] = TensorType(None, np.dtype(dtypes[var]).name)
+            dtype = (dtypes or {}).get(var) or _declared_dtype(node)
+            if dtype is not None:
+                node.outputs[0] = TensorType(None, np.dtype(dtype).name)
     graph.source["unused_params"] = sorted(set(values) - set(variable_names))
     # the symbol MXNet parsed from the file is this graph, unless names had to change on loading
     infer_shapes(graph, symbol=symbol if graph.source.get("names_as_loaded") else None)
     assign_output_names(graph)
     graph.output_labels = [graph.tensor_name(t) for t in graph.outputs]
     return graph
+
+
+def _declared_dtype(node) -> str | None:
+    """The dtype a variable declares (``mx.sym.Variable(..., dtype=...)`` stores MXNet's type
+    code as ``__dtype__``): the model's own input dtype when the user names none."""
+    code = node.attrs.get("__dtype__")
+    try:
+        dtype = _DTYPE_MX_TO_NP.get(int(code)) if code is not None else None
+    except ValueError:
+        return None
+    return None if dtype is None else np.dtype(dtype).name
+
+
+def _refused(graph: Graph, error: Exception, symbol_path: Path) -> ModelFileError:
+    """MXNet's message when it refuses a symbol (an attribute value it rejects, an attribute
+    its op does not have) names neither the node nor the op: find the node by giving MXNet each
+    op node alone, with variables for inputs."""
+    for node in graph.nodes():
+        if node.is_variable:
+            continue
+        count = len(graph.inputs_of(node.name))
+        entries = [{"op": "null", "name": f"input{i}", "inputs": []} for i in range(count)]
+        entries.append({"op": node.op, "name": node.name, "attrs": node.raw_attrs,
+                        "inputs": [[i, 0, 0] for i in range(count)]})
+        if node.subgraphs is not None:
+            entries[-1]["subgraphs"] = node.subgraphs
+        alone = {"nodes": entries, "arg_nodes": list(range(count)), "heads": [[count, 0, 0]],
+                 "attrs": {"mxnet_version": ["int", MXNET_VERSION]}}
+        try:
+            mx.sym.load_json(json.dumps(alone, ensure_ascii=False))
+        except mx.MXNetError as node_error:
+            return ModelFileError(f"MXNet refuses the symbol: {first_error_line(node_error)}",
+                                  file=str(symbol_path), node=node.name, op=node.op)
+    return ModelFileError(f"MXNet refuses the symbol: {first_error_line(error)}",
+                          file=str(symbol_path))
 
 
 def _is_label(graph: Graph, var: str) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import mxnet as mx
 
 from graphopt._files import atomic_paths
+from graphopt.errors import ModelFileError
 from graphopt.ir.graph import Graph
 from graphopt.mxnet_io.symbol_json import graph_to_json
 
@@ -41,9 +42,17 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
     prefix = str(prefix)
     symbol_path = Path(f"{prefix}-symbol.json")
     params_path = Path(f"{prefix}-{epoch:04d}.params")
+    for path in (symbol_path, params_path):
+        # checked first: found only at the rename, the params file would already be in place
+        if path.is_dir():
+            raise ModelFileError("cannot save the model: the path is a directory", file=str(path))
     text = graph_to_json(graph)
-    arrays = params_for_mxnet(graph, copy=False)
-    with atomic_paths(params_path, symbol_path) as (params_temp, symbol_temp):
-        mx.nd.save(str(params_temp), arrays)
-        symbol_temp.write_text(text)
+    # A 0-d or zero-size array exists only in MXNet's numpy shape semantics (in the legacy ones
+    # its shape means "unknown", and mx.nd.save writes a file nothing can read back): such
+    # parameters are written, as MXNet's numpy interface writes them, with those semantics on.
+    numpy_shapes = any(value.ndim == 0 or 0 in value.shape for value in graph.params.values())
+    with atomic_paths(params_path, symbol_path) as (params_temp, symbol_temp), \
+            mx.util.np_shape(numpy_shapes):
+        mx.nd.save(str(params_temp), params_for_mxnet(graph, copy=False))
+        symbol_temp.write_text(text, encoding="utf-8")
     return symbol_path, params_path

@@ -14,6 +14,8 @@ import itertools
 import json
 from typing import Any
 
+import mxnet as mx
+
 from graphopt.errors import ModelFileError, UnknownOpError
 from graphopt.ir.graph import Graph, Node, Tensor, TensorType, default_output_names
 from graphopt.schema import format_value, mxnet_schema, parse_value
@@ -71,6 +73,7 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
             or not isinstance(data.get("heads"), list):
         raise ModelFileError("not an MXNet symbol JSON: expected an object with 'nodes' and 'heads'",
                              file=file)
+    data = _upgraded(data, text)
     schema = mxnet_schema()
     graph = Graph()
     names: list[str] = []
@@ -128,6 +131,25 @@ def graph_from_json(text: str, file: str = "<string>") -> Graph:
     return graph
 
 
+def _upgraded(data: dict, text: str) -> dict:
+    """The symbol as this MXNet reads it. A file written by an older MXNet (``mxnet_version``
+    below ours, or absent, as in hand-written JSON) is upgraded by MXNet on loading, and the
+    upgrade changes what the file means: aux states that files before 0.9 left implicit become
+    variables (``bn_moving_mean``), plain ``lr_mult``/``ctx_group`` attributes become hidden
+    ones (or move to the input variable), and ``argmax(axis=-1)`` from before 0.9.5 loses its
+    axis (the global argmax). Written back as ``mxnet_version`` 10901 without that upgrade, the
+    same file would mean something else (or be refused), so we read MXNet's upgraded symbol.
+    A file MXNet refuses is kept as it is: the loader then says which node is wrong."""
+    version = (data.get("attrs") or {}).get("mxnet_version")
+    if isinstance(version, list) and len(version) == 2 and isinstance(version[1], int) \
+            and version[1] >= MXNET_VERSION:
+        return data
+    try:
+        return json.loads(mx.sym.load_json(text).tojson())
+    except mx.MXNetError:
+        return data
+
+
 def graph_to_dict(graph: Graph) -> dict:
     order = graph.topological_order()
     position = {name: i for i, name in enumerate(order)}
@@ -167,7 +189,9 @@ def _has_hidden_outputs(op: str) -> bool:
 
 
 def graph_to_json(graph: Graph) -> str:
-    return json.dumps(graph_to_dict(graph), indent=2)
+    # ensure_ascii=False: MXNet's JSON reader knows no \\u escapes ("unknown string escape \\u"),
+    # so a node name such as "café" must be written as UTF-8 (as MXNet's own tojson does)
+    return json.dumps(graph_to_dict(graph), indent=2, ensure_ascii=False)
 
 
 def assign_output_names(graph: Graph) -> None:
