@@ -77,37 +77,74 @@ def _strip_prefix(name: str) -> str:
     return name[4:] if name.startswith(("arg:", "aux:")) else name
 
 
-def _role(name: str, separator: str) -> str:
-    tail = name.rsplit(separator, 1)[-1]
-    return {"moving_mean": "running_mean", "moving_var": "running_var"}.get(tail, tail)
-
-
 def _match_structural_names(needed: list[str], stored: dict[str, np.ndarray],
                             file: str) -> dict[str, np.ndarray]:
-    """Gluon's ``save_parameters`` names parameters by structure (``features.0.weight``) while the
-    symbol names them by prefix (``lenet0_conv0_weight``). Both list a layer's parameters in
-    forward order, so the k-th ``weight`` of the file is the k-th ``*_weight`` variable."""
-    by_role_file: dict[str, list[str]] = {}
+    """Gluon's ``save_parameters`` names parameters by structure (``features.0.weight``: the
+    attribute path, children in registration order) while the symbol names them by prefix
+    (``lenet0_conv0_weight``: block counters in creation order). MXNet itself cannot load such a
+    file into a symbol; we match the two by the parameter's own name (the part after the last
+    '.', the longest one the variable's name ends with: ``l0_i2h_weight`` before ``weight``), in
+    creation order: the graph's order, except that variables whose names differ only in their
+    counters (``dense1_weight``, ``dense0_weight``) take the counters' order, since a block used
+    before an earlier-created one is still registered after it. A parameter shared between two
+    blocks (``params=``) is saved under both paths but is one variable: an excess entry equal to
+    an earlier one is that sharing. Wrong matches of another shape are then caught by shape
+    inference."""
+    by_suffix_file: dict[str, list[str]] = {}
     for key in stored:
-        by_role_file.setdefault(key.rsplit(".", 1)[-1].replace("moving_", "running_"), []).append(key)
-    by_role_graph: dict[str, list[str]] = {}
+        by_suffix_file.setdefault(_running(key.rsplit(".", 1)[-1]), []).append(key)
+    suffixes = sorted(by_suffix_file, key=len, reverse=True)
+    by_suffix_graph: dict[str, list[str]] = {}
     for name in needed:
-        by_role_graph.setdefault(_role(name, "_") if "_" in name else name, []).append(name)
-    for role in list(by_role_graph):  # symbol roles are the last 1 or 2 '_' parts
-        if role not in by_role_file:
-            for name in by_role_graph.pop(role):
-                two = "_".join(name.rsplit("_", 2)[-2:])
-                by_role_graph.setdefault(_role(two, "."), []).append(name)
+        suffix = next((s for s in suffixes if _running(name) == s or _running(name).endswith("_" + s)),
+                      None)
+        if suffix is not None:  # else an input the user has not named
+            by_suffix_graph.setdefault(suffix, []).append(name)
     matched = {}
-    for role, names in by_role_graph.items():
-        keys = by_role_file.get(role, [])
+    for suffix, names in by_suffix_graph.items():
+        keys = _without_shared_copies(by_suffix_file[suffix], stored, len(names))
         if len(keys) != len(names):
             raise ParameterError(
                 f"cannot match Gluon structural parameter names to the symbol: the file has "
-                f"{len(keys)} '{role}' parameters, the graph needs {len(names)}",
-                file=file, node=names[0] if names else None)
-        matched.update({name: stored[key] for name, key in zip(names, keys)})
+                f"{len(keys)} '{suffix}' parameters, the graph needs {len(names)}",
+                file=file, node=names[0])
+        matched.update(zip(_creation_order(names, suffix), (stored[key] for key in keys)))
     return matched
+
+
+def _running(name: str) -> str:
+    # MXNet's own BatchNorm calls its statistics moving_mean/var, Gluon's running_mean/var
+    return name.replace("moving_mean", "running_mean").replace("moving_var", "running_var")
+
+
+def _without_shared_copies(keys: list[str], stored: dict[str, np.ndarray], wanted: int) -> list[str]:
+    kept: list[str] = []
+    excess = len(keys) - wanted
+    for key in keys:
+        value = stored[key]
+        if excess > 0 and any(stored[k].dtype == value.dtype and np.array_equal(stored[k], value)
+                              for k in kept):
+            excess -= 1
+            continue
+        kept.append(key)
+    return kept
+
+
+def _creation_order(names: list[str], suffix: str) -> list[str]:
+    """``names`` (graph order) with each set of names that differ only in their numbers
+    (``net0_dense1_``, ``net0_dense0_``) put in the numbers' order, in the same places."""
+    def signature(name: str) -> tuple[str, tuple[int, ...]]:
+        parts = re.split(r"(\d+)", name[:len(name) - len(suffix)])
+        return "#".join(parts[0::2]), tuple(int(n) for n in parts[1::2])
+    keyed = [signature(name) for name in names]
+    places: dict[str, list[int]] = {}
+    for position, (text, _numbers) in enumerate(keyed):
+        places.setdefault(text, []).append(position)
+    ordered = list(names)
+    for positions in places.values():
+        for place, source in zip(positions, sorted(positions, key=lambda i: keyed[i][1])):
+            ordered[place] = names[source]
+    return ordered
 
 
 @cyclic_gc_paused()  # building ~10 objects per node: see graphopt._gc
