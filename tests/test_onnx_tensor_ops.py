@@ -601,3 +601,16 @@ def test_diag_keeps_the_batch_dynamic(shape, attrs, tmp_path):
     """The diagonal's length and positions may follow the batch: both come from run time."""
     data, other = batch_pair(*shape, other=5)
     check(mx.sym.diag(x, **attrs), tmp_path, {"x": data}, other_batch={"x": other})
+
+
+def test_inputs_and_weights_returned_as_outputs(tmp_path):
+    """A model may return its input, or a weight, as it is (a Gluon block returning ``x`` or a
+    constant), and return a tensor twice. The ONNX output keeps the value's own name, with no
+    Identity writing that name a second time (onnxruntime refuses a model that defines a name
+    twice); the repeated outputs are named ``x_1``..."""
+    w = mx.sym.var("w")
+    symbol = mx.sym.Group([x, mx.sym.broadcast_add(x, w), w, x])
+    models = check(symbol, tmp_path, {"x": normal(2, 3)}, {"w": normal(1, 3)},
+                   other_batch={"x": normal(4, 3)})
+    for model in models.values():
+        assert [o.name for o in model.graph.output] == ["x", "broadcast_add0_output", "w", "x_1"]

@@ -117,16 +117,14 @@ def _unsupported_error(graph: Graph, unsupported: list[dict]) -> UnsupportedOpEr
 
 def _name_outputs(graph: Graph, context: ConvertContext) -> list[str]:
     """Give every graph output its stable name, adding an Identity where the value has another
-    name (or is also a graph input, an initializer or an earlier output)."""
+    name. A graph input or a parameter returned as it is stays its own output: an Identity
+    writing its name would define that name twice, which onnxruntime refuses."""
     names = _unique(graph.output_names)
-    taken = {node.name for node in graph.variables()} | set(context.initializers)
-    done: set[str] = set()
     for name, tensor in zip(names, graph.outputs):
         value = context.value_name(tensor)
-        if value != name or value in taken or value in done:
+        if value != name:
             identity = helper.make_node("Identity", [value], [name], name=f"{name}__output")
             context.nodes.append(identity)
-        done.add(name)
     return names
 
 
