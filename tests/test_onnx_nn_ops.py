@@ -29,6 +29,7 @@ import pytest
 import graphopt
 from graphopt.onnx import DEFAULT_OPSET, MAX_OPSET, to_onnx
 from onnx_op_harness import assert_close, run_onnx
+from onnx_op_harness import check as check_symbol
 
 OPSETS = (13, DEFAULT_OPSET, MAX_OPSET)
 TOLERANCE = 1e-5
@@ -808,3 +809,63 @@ def test_fused_rnn_sequence_length(mode, layers, bidirectional, tmp_path):
         model = to_onnx(graph, opset=opset)
         onnx.checker.check_model(model, full_check=True)
         assert_close(reference, run_onnx(model, feeds), TOLERANCE, f"{mode}, opset {opset}")
+
+
+# --- float64 models ----------------------------------------------------------------------------
+# MXNet runs a float64 model in double; onnxruntime's CPU provider has no double kernel for
+# Conv, ConvTranspose, AveragePool, the global pools, Resize, most activations, RNN, and its
+# LSTM/GRU refuse double at run time: a float64 Gluon model (``net.cast("float64")``) exported
+# as it is would not load. Those ops compute in float32 between Casts (relative error ~1e-7).
+
+def _double(rng, *shape):
+    return rng.uniform(-1, 1, shape)
+
+
+def _recurrent(mode, directions=1):
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[mode]
+    size = directions * gates * (4 * 3 + 4 * 4 + 2 * 4)  # input 3, hidden 4: W, R, two biases
+    states = [mx.sym.var("state")] + ([mx.sym.var("cell")] if mode == "lstm" else [])
+    symbol = mx.sym.RNN(data, mx.sym.var("weights"), *states, state_size=4, num_layers=1,
+                        mode=mode, bidirectional=directions == 2)
+    state_inputs = {"state": (directions, 2, 4), **({"cell": (directions, 2, 4)} if mode == "lstm"
+                                                     else {})}
+    return symbol, {"data": (5, 2, 3), **state_inputs}, {"weights": (size,)}
+
+
+FLOAT64_CASES = {
+    "conv": (mx.sym.Convolution(data, mx.sym.var("w"), mx.sym.var("b"), kernel=(3, 3),
+                                num_filter=4, pad=(1, 1)), {"data": (2, 3, 6, 6)},
+             {"w": (4, 3, 3, 3), "b": (4,)}),
+    "deconvolution": (mx.sym.Deconvolution(data, mx.sym.var("w"), kernel=(2, 2), stride=(2, 2),
+                                           num_filter=2), {"data": (2, 3, 4, 4)},
+                      {"w": (3, 2, 2, 2)}),
+    "avg-and-global-pooling": (mx.sym.Group([
+        mx.sym.Pooling(data, kernel=(2, 2), stride=(2, 2), pool_type="avg"),
+        mx.sym.Pooling(data, global_pool=True, kernel=(1, 1), pool_type="avg"),
+        mx.sym.Pooling(data, global_pool=True, kernel=(1, 1), pool_type="max")]),
+        {"data": (2, 3, 6, 6)}, {}),
+    "resize-and-upsampling": (mx.sym.Group([
+        mx.sym.contrib.BilinearResize2D(data, height=9, width=5),
+        mx.sym.UpSampling(data, scale=2, sample_type="nearest")]), {"data": (2, 3, 4, 4)}, {}),
+    "activations": (mx.sym.Group([
+        mx.sym.Activation(data, act_type="softrelu"), mx.sym.Activation(data, act_type="softsign"),
+        mx.sym.LeakyReLU(data, act_type="leaky"), mx.sym.LeakyReLU(data, act_type="elu"),
+        mx.sym.LeakyReLU(data, act_type="selu"), mx.sym.LeakyReLU(data, act_type="gelu"),
+        mx.sym.LeakyReLU(data, mx.sym.var("slope"), act_type="prelu")]),
+        {"data": (2, 3, 4)}, {"slope": (3,)}),
+    "lstm": _recurrent("lstm"), "bidirectional-gru": _recurrent("gru", 2),
+    "rnn-tanh": _recurrent("rnn_tanh"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT64_CASES))
+def test_float64_model_runs_in_onnxruntime(name, tmp_path):
+    symbol, input_shapes, param_shapes = FLOAT64_CASES[name]
+    rng = np.random.RandomState(0)
+    inputs = {key: _double(rng, *shape) for key, shape in input_shapes.items()}
+    params = {key: _double(rng, *shape) for key, shape in param_shapes.items()}
+    other = ({key: _double(rng, OTHER_BATCH, *shape[1:]) for key, shape in input_shapes.items()}
+             if len(input_shapes) == 1 else None)  # the recurrent states fix the batch
+    models = check_symbol(symbol, tmp_path, inputs, params, opsets=OPSETS, other_batch=other)
+    for model in models.values():  # the outputs stay float64
+        assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.DOUBLE}

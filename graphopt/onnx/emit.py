@@ -7,6 +7,8 @@ The contract of :func:`to_onnx`:
 - parameters and aux states are initializers only, never graph inputs (PITFALLS.md, "ONNX /
   onnxruntime": weights listed as inputs stop onnxruntime's constant folding);
 - outputs carry ``graph.output_names`` (an Identity renames a value that has another name);
+- float64 ops that onnxruntime has no double kernel for compute in float32 between Casts
+  (:mod:`graphopt.onnx.float64`);
 - every op without a converter, and every converter that raises :class:`Unsupported`, is
   reported in one :class:`~graphopt.errors.UnsupportedOpError` that lists them all;
 - with ``path`` the file is written atomically, with the weights in an external data file beside
@@ -30,6 +32,7 @@ from graphopt.errors import ShapeError, UnsupportedOpError
 from graphopt.ir.graph import Graph, Node, Tensor
 from graphopt.onnx import converters  # noqa: F401  (importing it fills the converter table)
 from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, onnx_dtype
+from graphopt.onnx.float64 import run_double_ops_in_float32
 from graphopt.onnx.converters.tensor import batch_axes
 
 MIN_OPSET = 13
@@ -90,6 +93,7 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = DE
                               producer_version=graphopt.__version__)
     model.graph.initializer.extend(initializers)  # after make_model, which copies its graph
     model.ir_version = helper.find_min_ir_version_for(opsets)  # the widest range of runtimes
+    run_double_ops_in_float32(model)
     if path is not None:
         save(model, path)
     return model
