@@ -149,6 +149,31 @@ def test_reshapes_of_a_while_loop_output_are_kept(tmp_path):
         format_report(report, explain=True)
 
 
+def test_a_foreach_body_is_left_alone_and_the_graph_around_it_is_rewritten(tmp_path):
+    """The BatchNorm before a _foreach folds; the body's own BatchNorm and Dropout stay as MXNet
+    wrote them (the rules see the main graph only), and the saved model runs."""
+    conv = mx.sym.Convolution(DATA, kernel=(1,), num_filter=4, name="conv")
+    steps = mx.sym.transpose(mx.sym.BatchNorm(conv, fix_gamma=False, name="bn"), axes=(2, 0, 1))
+
+    def body(x, states):
+        y = mx.sym.BatchNorm(mx.sym.FullyConnected(x, num_hidden=4, name="inner_fc"),
+                             fix_gamma=False, name="inner_bn")
+        y = mx.sym.Dropout(y, p=0.5, name="inner_drop")
+        return y, [states[0] + y]
+
+    outputs, states = mx.sym.contrib.foreach(body, steps, [mx.sym.zeros((2, 4))])
+    symbol = mx.sym.Group([mx.sym.BlockGrad(outputs, name="stop"), states[0]])
+    graph = export_and_load(symbol, tmp_path, data=(2, 3, 5))
+    (loop,) = graph.op_nodes("_foreach")
+    optimized, _ = rewrite(graph)
+    assert count(optimized, "BatchNorm") == count(optimized, "BlockGrad") == 0
+    assert optimized.node(loop.name).subgraphs == loop.subgraphs
+    assert same_outputs(graph, optimized, seeded(data=(2, 3, 5))) <= TOLERANCE
+    saved = graphopt.save_mxnet(optimized, tmp_path / "out" / "model")
+    reloaded = graphopt.load(*saved, inputs={"data": (2, 3, 5)})
+    assert same_outputs(graph, reloaded, seeded(data=(2, 3, 5))) <= TOLERANCE
+
+
 # --- BatchNorm folding, in general ---------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float64", "float16"])
