@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import mxnet as mx
@@ -143,6 +144,41 @@ def test_a_failed_save_leaves_no_half_written_model(lenet, tmp_path, monkeypatch
         graphopt.save_mxnet(graph, target)
     assert (tmp_path / "out-symbol.json").read_bytes() == good  # the old model is intact
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_save_failing_between_its_renames_restores_the_old_model(lenet, tmp_path, monkeypatch):
+    """The params file is renamed into place first; if the symbol's rename then fails, the old
+    params come back, so the old model is whole (not new params beside an old symbol)."""
+    symbol_path, params_path = lenet
+    graph = graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    target = tmp_path / "out"
+    graphopt.save_mxnet(graph, target)
+    old = {p.name: p.read_bytes() for p in tmp_path.glob("out-*")}
+    changed = graph.copy()
+    name = next(iter(changed.params))
+    changed.set_param(name, changed.params[name] + 1)
+
+    real_replace, calls = os.replace, []
+
+    def replace_failing_the_second_time(source, destination):
+        calls.append(destination)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(destination))
+        return real_replace(source, destination)
+    monkeypatch.setattr(os, "replace", replace_failing_the_second_time)
+    with pytest.raises(graphopt.ModelFileError, match="nothing was changed"):
+        graphopt.save_mxnet(changed, target)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("out-*")} == old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_saving_under_a_file_is_a_clear_error(lenet, tmp_path):
+    symbol_path, params_path = lenet
+    graph = graphopt.load(symbol_path, params_path, inputs=LENET_INPUT)
+    with pytest.raises(graphopt.ModelFileError, match="cannot write here") as error:
+        graphopt.save_mxnet(graph, symbol_path / "model")  # a folder that is a file
+    assert str(symbol_path) in str(error.value)
 
 
 def test_numpy_guard_refuses_numpy_124(monkeypatch):
