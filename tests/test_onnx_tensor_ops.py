@@ -609,8 +609,8 @@ def test_inputs_and_weights_returned_as_outputs(tmp_path):
     Identity writing that name a second time (onnxruntime refuses a model that defines a name
     twice); the repeated outputs are named ``x_1``..."""
     w = mx.sym.var("w")
-    symbol = mx.sym.Group([x, mx.sym.broadcast_add(x, w), w, x])
+    symbol = mx.sym.Group([x, mx.sym.broadcast_add(x, w, name="shifted"), w, x])
     models = check(symbol, tmp_path, {"x": normal(2, 3)}, {"w": normal(1, 3)},
                    other_batch={"x": normal(4, 3)})
     for model in models.values():
-        assert [o.name for o in model.graph.output] == ["x", "broadcast_add0_output", "w", "x_1"]
+        assert [o.name for o in model.graph.output] == ["x", "shifted_output", "w", "x_1"]
