@@ -1,0 +1,262 @@
+"""MXNet's NumPy interface (``npx.set_np()``, MXNet 1.6+): the ``_np_*``/``_npi_*``/``_npx_*`` ops
+that a Gluon model written with ``F.np``/``F.npx`` exports (Gluon's layers still export the
+legacy ops: Convolution, FullyConnected, LayerNorm...).
+
+What differs from the legacy ops they resemble:
+- operands of two dtypes are promoted (MXNet's inference gives the result's dtype), ``/`` of
+  integers is float; comparisons return ``bool``;
+- arrays may be 0-d: reducing every axis without ``keepdims`` gives shape ``()``, not ``(1,)``;
+- ``reshape`` takes NumPy's ``newshape`` (``-1`` infers, no special codes); ``transpose`` with
+  no axes reverses them; ``matmul`` is NumPy's (batched, broadcasting), which ONNX MatMul is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from graphopt.ir.graph import Node
+from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, converter
+from graphopt.onnx.converters.math import OPERATIONS, _apply
+from graphopt.onnx.converters.tensor import (cast, input_shape, normalize_axis, reduce,
+                                             reshape_output, squeeze, typed, unsqueeze)
+
+ARITHMETIC = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div",
+              "power": "power", "maximum": "maximum", "minimum": "minimum", "mod": "mod"}
+COMPARISONS = {"equal": "equal", "not_equal": "not_equal", "greater": "greater",
+               "greater_equal": "greater_equal", "less": "lesser", "less_equal": "lesser_equal"}
+BINARY = {f"_npi_{name}": operation for name, operation in {**ARITHMETIC, **COMPARISONS}.items()}
+# op -> (operation, scalar on the left)
+SCALAR = {**{f"_npi_{name}_scalar": (operation, False)
+             for name, operation in {**ARITHMETIC, **COMPARISONS}.items()},
+          "_npi_rsubtract_scalar": ("sub", True), "_npi_rtrue_divide_scalar": ("div", True),
+          "_npi_rpower_scalar": ("power", True), "_npi_rmod_scalar": ("mod", True)}
+
+
+def _operate(ctx: ConvertContext, node: Node, operation: str, a: str, b: str, work: str) -> None:
+    """``operation`` on ``a`` and ``b`` (both in ``work``) into the node's output: arithmetic
+    in the output dtype, comparisons giving ``bool``."""
+    if operation in COMPARISONS.values():
+        OPERATIONS[operation](ctx, a, b, "bool", ctx.output(node))
+    else:
+        _apply(ctx, operation, a, b, work, ctx.output(node))
+
+
+@converter(*BINARY)
+def binary(ctx: ConvertContext, node: Node) -> None:
+    """Both operands in their promoted dtype (the output's, or for a comparison the wider of
+    the two), broadcasting as NumPy and ONNX both do."""
+    dtypes = [ctx.dtype(node, 0), ctx.dtype(node, 1)]
+    work = ctx.output_dtype(node)
+    if BINARY[node.op] in COMPARISONS.values():
+        work = np.result_type(*dtypes).name
+    a, b = (value if dtype == work else cast(ctx, value, work)
+            for value, dtype in zip(ctx.inputs(node), dtypes))
+    _operate(ctx, node, BINARY[node.op], a, b, work)
+
+
+@converter(*SCALAR)
+def scalar(ctx: ConvertContext, node: Node) -> None:
+    """The scalar in the dtype the op computes in: the output's (a float scalar on an integer
+    array gives a float array), or for a comparison the array's, float64 when a non-integer
+    scalar meets integers."""
+    operation, scalar_first = SCALAR[node.op]
+    data, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    value = float(ctx.attr(node, "scalar"))
+    work = ctx.output_dtype(node)
+    if operation in COMPARISONS.values():
+        work = dtype if np.dtype(dtype).kind == "f" or value.is_integer() else "float64"
+    if work != dtype:
+        data = cast(ctx, data, work)
+    operands = [data, typed(ctx, value, work)]
+    if scalar_first:
+        operands.reverse()
+    _operate(ctx, node, operation, *operands, work)
+
+
+# NumPy name -> the legacy op (and its ONNX op) computing the same function
+UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "absolute": "abs", "negative": "negative",
+         "sin": "sin", "cos": "cos", "tanh": "tanh", "reciprocal": "reciprocal", "floor": "floor",
+         "ceil": "ceil", "sign": "sign", "square": "square", "relu": "relu", "sigmoid": "sigmoid"}
+ONNX_UNARY = {"exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "negative": "Neg",
+              "sin": "Sin", "cos": "Cos", "tanh": "Tanh", "reciprocal": "Reciprocal",
+              "floor": "Floor", "ceil": "Ceil", "sign": "Sign", "sigmoid": "Sigmoid"}
+
+
+@converter(*(f"_npi_{name}" for name in UNARY if name not in ("relu", "sigmoid")),
+           "_npx_relu", "_npx_sigmoid")
+def unary(ctx: ConvertContext, node: Node) -> None:
+    """In the input's dtype the legacy op's converter computes it as MXNet does (integers
+    through float32, truncated back); a function MXNet makes float of an integer array is
+    computed on the input cast to the output dtype."""
+    legacy, dtype = UNARY[node.op.split("_", 2)[-1]], ctx.output_dtype(node)
+    if ctx.dtype(node, 0) == dtype:
+        CONVERTERS[legacy](ctx, replace(node, op=legacy))
+        return
+    value = cast(ctx, ctx.input(node, 0), dtype)
+    if legacy == "square":
+        ctx.emit1("Mul", [value, value], ctx.output(node))
+    elif legacy == "relu":
+        ctx.emit1("Max", [value, typed(ctx, 0, dtype)], ctx.output(node))
+    else:
+        ctx.emit1(ONNX_UNARY[legacy], [value], ctx.output(node))
+
+
+def _axes(ctx: ConvertContext, node: Node, rank: int) -> list[int]:
+    axis = ctx.attr(node, "axis")
+    if axis is None:
+        return list(range(rank))
+    return sorted(normalize_axis(a, rank) for a in (axis if isinstance(axis, tuple) else (axis,)))
+
+
+REDUCTIONS = {"_np_sum": "ReduceSum", "_npi_mean": "ReduceMean", "_np_max": "ReduceMax",
+              "_np_min": "ReduceMin", "_np_prod": "ReduceProd"}
+
+
+@converter(*REDUCTIONS)
+def reduction(ctx: ConvertContext, node: Node) -> None:
+    """In the output dtype (a mean of integers is float); every axis without ``keepdims``
+    leaves a 0-d array. ``initial`` (a value folded into the reduction) is refused."""
+    if ctx.attr(node, "initial", None) is not None:
+        raise Unsupported("initial= is not supported")
+    value, dtype = ctx.input(node, 0), ctx.output_dtype(node)
+    if ctx.dtype(node, 0) != dtype:
+        value = cast(ctx, value, dtype)
+    axes = _axes(ctx, node, len(input_shape(ctx, node, 0)))
+    if not axes:
+        ctx.emit1("Identity", [value], ctx.output(node))
+        return
+    reduce(ctx, REDUCTIONS[node.op], value, axes, bool(ctx.attr(node, "keepdims")),
+           ctx.output(node))
+
+
+@converter("_npi_argmax", "_npi_argmin")
+def argmax(ctx: ConvertContext, node: Node) -> None:
+    """int64 indices; with no axis, of the flattened array (a 0-d result)."""
+    op_type = "ArgMax" if node.op == "_npi_argmax" else "ArgMin"
+    value, axis, keepdims = ctx.input(node, 0), ctx.attr(node, "axis"), ctx.attr(node, "keepdims")
+    if axis is None:
+        if keepdims:
+            raise Unsupported("keepdims without an axis")
+        flat = ctx.emit1("Reshape", [value, ctx.int64s([-1], hint="shape")])
+        squeeze(ctx, ctx.emit1(op_type, [flat], axis=0, keepdims=1), [0], ctx.output(node))
+        return
+    ctx.emit1(op_type, [value], ctx.output(node), keepdims=int(bool(keepdims)),
+              axis=normalize_axis(axis, len(input_shape(ctx, node, 0))))
+
+
+@converter("_np_reshape")
+def reshape(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's ``newshape`` is ONNX's Reshape target as it is (``-1`` infers; a 0 is a 0)."""
+    if ctx.attr(node, "order") != "C":
+        raise Unsupported(f"order={ctx.attr(node, 'order')}")
+    newshape = ctx.attr(node, "newshape")
+    newshape = newshape if isinstance(newshape, tuple) else (newshape,)
+    ctx.emit1("Reshape", [ctx.input(node, 0), ctx.int64s(newshape, hint="shape")],
+              ctx.output(node), allowzero=1 if 0 in newshape else None)
+
+
+@converter("_npx_reshape")
+def npx_reshape(ctx: ConvertContext, node: Node) -> None:
+    """npx.reshape's codes (-2 copy, -3 drop a 1, -4 copy the rest, -5 merge, -6 split) are not
+    the legacy ones; the target is MXNet's inferred shape, the batch axes read at run time."""
+    reshape_output(ctx, node, ctx.input(node, 0), ctx.output(node))
+
+
+@converter("_npi_zeros", "_npi_ones", "_npi_full")
+def filled(ctx: ConvertContext, node: Node) -> None:
+    """A constant: the shape is an attribute (no input, so no batch size to follow)."""
+    value = {"_npi_zeros": 0, "_npi_ones": 1}.get(node.op)
+    value = ctx.attr(node, "value") if value is None else value
+    array = np.full(ctx.output_shape(node), value, dtype=ctx.output_dtype(node))
+    ctx.emit1("Identity", [ctx.constant(array, hint="value")], ctx.output(node))
+
+
+@converter("_np_transpose")
+def transpose(ctx: ConvertContext, node: Node) -> None:
+    rank = len(input_shape(ctx, node, 0))
+    axes = ctx.attr(node, "axes") or tuple(reversed(range(rank)))
+    ctx.emit1("Transpose", [ctx.input(node, 0)], ctx.output(node),
+              perm=[normalize_axis(a, rank) for a in axes])
+
+
+@converter("_npi_concatenate")
+def concatenate(ctx: ConvertContext, node: Node) -> None:
+    """``axis=None`` joins the flattened arrays."""
+    axis, values = ctx.attr(node, "axis", 0), ctx.inputs(node)
+    if axis is None:
+        values = [ctx.emit1("Reshape", [v, ctx.int64s([-1], hint="shape")]) for v in values]
+        axis = 0
+    ctx.emit1("Concat", values, ctx.output(node),
+              axis=normalize_axis(axis, len(input_shape(ctx, node, 0)) or 1))
+
+
+@converter("_npi_stack")
+def stack(ctx: ConvertContext, node: Node) -> None:
+    axis = normalize_axis(ctx.attr(node, "axis"), len(input_shape(ctx, node, 0)) + 1)
+    ctx.emit1("Concat", [unsqueeze(ctx, v, [axis]) for v in ctx.inputs(node)], ctx.output(node),
+              axis=axis)
+
+
+@converter("_np_squeeze")
+def squeeze_op(ctx: ConvertContext, node: Node) -> None:
+    """No axis: every size-1 axis of the loaded shape (NumPy's result may be 0-d)."""
+    shape, axis = input_shape(ctx, node, 0), ctx.attr(node, "axis")
+    if axis is None:
+        axes = [i for i, size in enumerate(shape) if size == 1]
+    else:
+        axes = sorted(normalize_axis(a, len(shape)) for a in (axis if isinstance(axis, tuple)
+                                                               else (axis,)))
+    if not axes:
+        ctx.emit1("Identity", [ctx.input(node, 0)], ctx.output(node))
+    else:
+        squeeze(ctx, ctx.input(node, 0), axes, ctx.output(node))
+
+
+@converter("_np_copy")
+def copy(ctx: ConvertContext, node: Node) -> None:
+    ctx.emit1("Identity", [ctx.input(node, 0)], ctx.output(node))
+
+
+@converter("_npi_matmul")
+def matmul(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's matmul is ONNX's MatMul. A 1-D operand is made a matrix first (see the legacy
+    ``dot``: onnxruntime mis-fuses a Transpose into a MatMul with a vector operand)."""
+    lhs, rhs = ctx.input(node, 0), ctx.input(node, 1)
+    lhs_vector, rhs_vector = (len(input_shape(ctx, node, s)) == 1 for s in (0, 1))
+    if not (lhs_vector or rhs_vector):
+        ctx.emit1("MatMul", [lhs, rhs], ctx.output(node))
+        return
+    product = ctx.emit1("MatMul", [unsqueeze(ctx, lhs, [0]) if lhs_vector else lhs,
+                                   unsqueeze(ctx, rhs, [1]) if rhs_vector else rhs])
+    dropped = ([-2] if lhs_vector else []) + ([-1] if rhs_vector else [])
+    squeeze(ctx, product, dropped, ctx.output(node))
+
+
+@converter("_npi_where", "_npi_where_lscalar", "_npi_where_rscalar", "_npi_where_scalar2")
+def where(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's where broadcasts its three operands; the branches in the output dtype."""
+    dtype, values = ctx.output_dtype(node), ctx.inputs(node)
+    condition = values[0]
+    if ctx.dtype(node, 0) != "bool":
+        condition = ctx.emit1("Not", [ctx.emit1("Equal", [condition, typed(ctx, 0, ctx.dtype(node, 0))])])
+    branches = {"_npi_where": [1, 2], "_npi_where_lscalar": [None, 1],
+                "_npi_where_rscalar": [1, None], "_npi_where_scalar2": [None, None]}[node.op]
+    keys = {"_npi_where": [], "_npi_where_scalar2": ["x", "y"]}.get(node.op, ["scalar"])
+    scalars = iter([ctx.attr(node, key) for key in keys])
+    operands = []
+    for slot in branches:
+        if slot is None:
+            operands.append(typed(ctx, next(scalars), dtype))
+        else:
+            value = values[slot]
+            operands.append(value if ctx.dtype(node, slot) == dtype else cast(ctx, value, dtype))
+    ctx.emit1("Where", [condition, *operands], ctx.output(node))
+
+
+@converter("_npi_full_like")
+def full_like(ctx: ConvertContext, node: Node) -> None:
+    """``ones_like``/``zeros_like``/``full_like``: the input's shape at run time, filled."""
+    fill = typed(ctx, [ctx.attr(node, "fill_value")], ctx.output_dtype(node))
+    ctx.emit1("Expand", [fill, ctx.emit1("Shape", [ctx.input(node, 0)])], ctx.output(node))
