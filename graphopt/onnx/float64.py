@@ -28,11 +28,10 @@ NO_DOUBLE_KERNEL = frozenset({
 def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
     """Rewrite ``model`` in place so that every node of :data:`NO_DOUBLE_KERNEL` reading a
     double tensor computes in float32 between Casts."""
-    if not any(node.op_type in NO_DOUBLE_KERNEL for node in model.graph.node):
+    if not _may_hold_doubles(model) or not any(node.op_type in NO_DOUBLE_KERNEL
+                                               for node in model.graph.node):
         return
     types = _value_types(model)
-    if TensorProto.DOUBLE not in types.values():
-        return
     taken = set(types) | {value for node in model.graph.node
                           for value in (*node.input, *node.output)}
 
@@ -68,6 +67,17 @@ def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes)
 
 
+def _may_hold_doubles(model: onnx.ModelProto) -> bool:
+    """A cheap test before type inference: a double value starts at a double input, weight or
+    constant, or at a Cast to double."""
+    graph = model.graph
+    return (any(t.data_type == TensorProto.DOUBLE for t in graph.initializer)
+            or any(v.type.tensor_type.elem_type == TensorProto.DOUBLE for v in graph.input)
+            or any(attribute.name in ("to", "value") and (attribute.i == TensorProto.DOUBLE
+                                                          or attribute.t.data_type == TensorProto.DOUBLE)
+                   for node in graph.node for attribute in node.attribute))
+
+
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     """The element type of every value, from ONNX type inference on the graph with its
     initializers declared as inputs (their data is not needed, and a model over protobuf's
@@ -78,6 +88,9 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     skeleton = helper.make_model(
         helper.make_graph(graph.node, graph.name, [*graph.input, *declared], graph.output),
         opset_imports=model.opset_import, ir_version=model.ir_version)
-    inferred = onnx.shape_inference.infer_shapes(skeleton).graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton).graph
+    except onnx.shape_inference.InferenceError:  # untyped: left as it is, onnxruntime will say
+        return {}
     return {value.name: value.type.tensor_type.elem_type
             for value in (*inferred.input, *inferred.value_info, *inferred.output)}
