@@ -217,6 +217,14 @@ def test_graph_outputs_keep_their_names_and_order(tmp_path):
     assert optimized.output_names == graph.output_names == \
         ["relu_output", "same_output", "bn_output", "stop_output"]
     assert same_outputs(graph, optimized, seeded(data=(2, 3, 6, 6))) <= TOLERANCE
+    # saved as MXNet, the outputs keep those names too: the conv that absorbed "bn" takes the
+    # first name asked of it, and the second name of that tensor and "stop" (now a graph
+    # input) come from a _copy of that name
+    symbol_path, _ = graphopt.save_mxnet(optimized, tmp_path / "optimized")
+    assert mx.sym.load(str(symbol_path)).list_outputs() == graph.output_names
+    reloaded = graphopt.load(symbol_path, tmp_path / "optimized-0000.params",
+                             inputs={"data": (2, 3, 6, 6)})
+    assert same_outputs(graph, reloaded, seeded(data=(2, 3, 6, 6))) <= TOLERANCE
 
 
 def test_what_blocks_a_fold_is_explained(tmp_path):

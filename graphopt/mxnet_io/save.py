@@ -10,7 +10,7 @@ import mxnet as mx
 from graphopt._files import atomic_paths
 from graphopt.errors import ModelFileError
 from graphopt.ir.graph import Graph
-from graphopt.mxnet_io.symbol_json import graph_to_json
+from graphopt.mxnet_io.symbol_json import graph_to_dict, json_text
 
 
 def params_for_mxnet(graph: Graph, copy: bool = True) -> dict[str, mx.nd.NDArray]:
@@ -46,7 +46,7 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
         # checked first: found only at the rename, the params file would already be in place
         if path.is_dir():
             raise ModelFileError("cannot save the model: the path is a directory", file=str(path))
-    text = graph_to_json(graph)
+    text = json_text(_outputs_keep_their_names(graph, graph_to_dict(graph)))
     # A 0-d or zero-size array exists only in MXNet's numpy shape semantics (in the legacy ones
     # its shape means "unknown", and mx.nd.save writes a file nothing can read back): such
     # parameters are written, as MXNet's numpy interface writes them, with those semantics on.
@@ -56,3 +56,39 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
         mx.nd.save(str(params_temp), params_for_mxnet(graph, copy=False))
         symbol_temp.write_text(text, encoding="utf-8")
     return symbol_path, params_path
+
+
+def _outputs_keep_their_names(graph: Graph, data: dict) -> dict:
+    """Symbol JSON whose outputs carry the graph's output names where MXNet allows it.
+
+    MXNet names an output after its node (``bn`` -> ``bn_output``). When a rewrite removed the
+    node that named an output (a BatchNorm folded into its conv, a ``BlockGrad`` dropped), the
+    node now producing it takes the old name, if no output keeps the node's own name and the
+    name is free; any further name asked of the same tensor, or of a variable, comes from a
+    ``_copy`` of that name added in front of it. An output named otherwise than ``NAME_output``
+    keeps the name MXNet gives it."""
+    nodes, heads = data["nodes"], data["heads"]
+    taken = {entry["name"] for entry in nodes}
+    labels = graph.output_names
+    suffixes = [graph.tensor_name(t)[len(t.node):] for t in graph.outputs]
+    keeps_own_name = {head[0] for head, label, t in zip(heads, labels, graph.outputs)
+                      if label == graph.tensor_name(t)}
+    renamed: set[int] = set()
+    for index, (head, label, suffix) in enumerate(zip(heads, labels, suffixes)):
+        entry = nodes[head[0]]
+        if label == entry["name"] + suffix:
+            continue
+        new_name = label[:-len(suffix)] if suffix and label.endswith(suffix) else None
+        if entry["op"] != "null" and new_name and new_name not in taken \
+                and head[0] not in keeps_own_name | renamed:
+            taken.add(new_name)
+            entry["name"] = new_name
+            renamed.add(head[0])
+        elif label.endswith("_output") and label[:-len("_output")] not in taken:
+            copy_name = label[:-len("_output")]
+            nodes.append({"op": "_copy", "name": copy_name, "inputs": [list(head[:2]) + [0]]})
+            taken.add(copy_name)
+            if "node_row_ptr" in data:
+                data["node_row_ptr"].append(data["node_row_ptr"][-1] + 1)
+            heads[index] = [len(nodes) - 1, 0, 0]
+    return data

@@ -189,9 +189,14 @@ def _has_hidden_outputs(op: str) -> bool:
 
 
 def graph_to_json(graph: Graph) -> str:
-    # ensure_ascii=False: MXNet's JSON reader knows no \\u escapes ("unknown string escape \\u"),
-    # so a node name such as "café" must be written as UTF-8 (as MXNet's own tojson does)
-    return json.dumps(graph_to_dict(graph), indent=2, ensure_ascii=False)
+    return json_text(graph_to_dict(graph))
+
+
+def json_text(data: dict) -> str:
+    """Symbol JSON text of ``graph_to_dict``'s result. ensure_ascii=False: MXNet's JSON reader
+    knows no \\u escapes ("unknown string escape \\u"), so a node name such as "café" must be
+    written as UTF-8 (as MXNet's own tojson does)."""
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def assign_output_names(graph: Graph) -> None:
@@ -200,5 +205,5 @@ def assign_output_names(graph: Graph) -> None:
             node.output_names = default_output_names(node.name, node.op, node.num_outputs)
 
 
-__all__ = ["graph_from_json", "graph_to_json", "graph_to_dict", "parse_attrs", "format_attrs",
+__all__ = ["graph_from_json", "graph_to_json", "graph_to_dict", "json_text", "parse_attrs", "format_attrs",
            "TensorType"]
