@@ -4,4 +4,4 @@ Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
 """
 
 from graphopt.onnx.converters import (constant, contrib, legacy, math, nn,  # noqa: F401
-                                       numpy, tensor, vision)  # (registration)
+                                       numpy_interface, tensor, vision)  # (registration)
