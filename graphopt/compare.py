@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import ShapeError
-from graphopt.ir.graph import Graph, Node, Tensor
+from graphopt.ir.graph import Graph, Node, Tensor, default_output_names
 from graphopt.mxnet_io.symbol_json import format_attrs
 from graphopt.runtime import (MXNetModel, inferred_dtypes, load_onnx, onnx_session, random_input,
                               run_onnx)
@@ -503,26 +503,38 @@ def _pair_outputs(mxnet_names: list[str], onnx_names: list[str]):
 def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel,
                     model: onnx.ModelProto, arrays: Mapping[str, np.ndarray],
                     threads: int | None, memory_budget: int) -> None:
-    producers = {name: Tensor(node.name, index) for node in graph.nodes() if not node.is_variable
-                 for index, name in enumerate(node.output_names)}
+    # A tensor is named in the ONNX model by the graph's output names, and in MXNet after its
+    # node (the two differ for a node a rewrite made compute a removed node's value: a conv
+    # with a BatchNorm folded in is ``bn_output`` in the ONNX, ``conv_output`` in MXNet).
+    producers, in_mxnet_as = {}, {}
+    for node in graph.nodes():
+        if not node.is_variable:
+            mxnet_names = default_output_names(node.name, node.op, node.num_outputs)
+            for index, name in enumerate(node.output_names or mxnet_names):
+                producers[name] = Tensor(node.name, index)
+                in_mxnet_as[name] = mxnet_names[index]
     in_mxnet = set(mxnet_model.internal_names)
-    order = [name for name in producers if name in in_mxnet]
-    order += [name for name in mxnet_model.internal_names if name not in producers]
+    order = [name for name in producers if in_mxnet_as[name] in in_mxnet]
+    covered = {in_mxnet_as[name] for name in order}
+    order += [name for name in mxnet_model.internal_names if name not in covered]
+    in_mxnet_as.update({name: name for name in order if name not in in_mxnet_as})
     onnx_producers = {value: node for node in model.graph.node for value in node.output}
     matched = [name for name in order if name in onnx_producers]
     report.per_layer = True
     report.unmatched_mxnet = [{"tensor": name, **_where(graph, producers.get(name))}
                               for name in order if name not in onnx_producers]
+    named = set(order)
     report.unmatched_onnx = [value for value in onnx_producers
-                             if value not in in_mxnet and (_MXNET_OUTPUT_NAME.search(value)
-                                                           or value in _onnx_outputs(model))]
+                             if value not in named and (_MXNET_OUTPUT_NAME.search(value)
+                                                        or value in _onnx_outputs(model))]
     # the ONNX model's own types first: declaring the IR's type for a value that the ONNX
     # computes in another type would make onnxruntime refuse the model
     dtypes = {name: graph.tensor_type(producers[name]).dtype for name in matched
               if name in producers and graph.tensor_type(producers[name]).dtype}
     dtypes.update(inferred_dtypes(model))
     for group in _groups(matched, graph, producers, memory_budget):
-        reference = mxnet_model.run(arrays, group)
+        reference = mxnet_model.run(arrays, [in_mxnet_as[name] for name in group])
+        reference = {name: reference.pop(in_mxnet_as[name]) for name in group}
         actual = run_onnx(model, arrays, outputs=group, threads=threads, dtypes=dtypes)
         for name in group:
             comparison = compare_tensors(name, reference.pop(name), actual.pop(name),

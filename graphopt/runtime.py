@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from graphopt.errors import GraphoptError, ShapeError
-from graphopt.ir.graph import Graph
+from graphopt.ir.graph import Graph, unique_output_names
 from graphopt.mxnet_io.infer import first_error_line
 
 ModelPaths = tuple[str | os.PathLike, str | os.PathLike | None]
@@ -86,7 +86,8 @@ class MXNetModel:
     def _forward(self, inputs: Mapping[str, np.ndarray], outputs: str | Sequence[str],
                  fuse: bool) -> tuple[list[str], list[np.ndarray]]:
         if isinstance(outputs, str) and outputs == "graph":
-            symbol, names = self.symbol, self.output_names
+            # a tensor listed twice as an output is there twice: "x", then "x_1" (as in ONNX)
+            symbol, names = self.symbol, unique_output_names(self.output_names)
         else:
             names = self.internal_names if isinstance(outputs, str) and outputs == "all" else list(outputs)
             unknown = [name for name in names if name not in self._internal_index]
@@ -167,7 +168,7 @@ def run_mxnet(model: Graph | ModelPaths | MXNetModel, inputs: Mapping[str, np.nd
     their dtype).
 
     ``outputs``: ``"graph"`` for the graph outputs (named as :attr:`Graph.output_names`, or as
-    ``symbol.list_outputs()`` for files), ``"all"`` for every op output in topological order, or
+    ``symbol.list_outputs()`` for files; a name listed twice is ``name``, then ``name_1``), ``"all"`` for every op output in topological order, or
     a list of MXNet tensor names. Loss labels (``SoftmaxOutput``'s) are bound to zeros.
     ``fuse=True`` lets MXNet's MKLDNN subgraph backend fuse ops (see the module docstring).
     """

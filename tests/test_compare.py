@@ -235,3 +235,58 @@ def test_run_onnx_returns_any_named_value(tmp_path):
     assert list(onnx_values) == ["lenet_pool0_fwd_output"]
     np.testing.assert_allclose(onnx_values["lenet_pool0_fwd_output"],
                                mxnet_values["lenet_pool0_fwd_output"], rtol=1e-5, atol=1e-6)
+
+
+def test_per_layer_after_batchnorm_folding_matches_each_folded_conv_to_its_batchnorm(tmp_path):
+    """The deployment story: optimize (fold BatchNorm), export, then compare the ORIGINAL MXNet
+    model with the optimized ONNX layer by layer. A conv with its BatchNorm folded in computes
+    what the BatchNorm computed, and carries its name: it is compared with the BatchNorm, not
+    reported as a divergent conv; the pre-BatchNorm conv outputs exist only in MXNet."""
+    symbol, params = fixture_path("resnet_digits")
+    graph = graphopt.load(symbol, params, inputs={"data": LENET_INPUT})
+    optimized, report = graphopt.rewrite(graph)
+    folded = report.applied("fold_batchnorm_into_convolution")
+    assert folded == sum(1 for n in graph.nodes() if n.op == "BatchNorm") > 0
+    path = tmp_path / "optimized.onnx"
+    to_onnx(optimized, path=str(path))
+
+    result = compare(symbol, params, path, inputs={"data": LENET_INPUT}, per_layer=True)
+    assert result.ok and result.first_divergent is None, result.format()
+    compared = {layer.name: layer.op for layer in result.layers}
+    batchnorms = [n.output_names[0] for n in graph.nodes() if n.op == "BatchNorm"]
+    assert all(compared.get(name) == "BatchNorm" for name in batchnorms)
+    assert {u["tensor"] for u in result.unmatched_mxnet} == \
+        {graph.node(n).output_names[0] for n in graph.nx if graph.node(n).op == "Convolution"
+         and any(graph.node(c).op == "BatchNorm" for c, _ in graph.consumers(n))}
+
+    # and the optimized graph against its own ONNX: MXNet names the folded value after the
+    # conv, the ONNX after the BatchNorm; the two are still paired
+    result = compare(optimized, None, path, inputs={"data": LENET_INPUT}, per_layer=True)
+    assert result.ok and result.first_divergent is None and not result.unmatched_mxnet
+    assert all(name in {layer.name for layer in result.layers} for name in batchnorms)
+
+
+def test_a_tensor_returned_twice_is_compared_twice(tmp_path):
+    """A model returning the same tensor twice has two ONNX outputs (``h`` and ``h_1``): both
+    are compared with MXNet, and a corrupted second one fails the gate."""
+    import mxnet as mx
+    data = mx.sym.var("data")
+    hidden = mx.sym.tanh(mx.sym.FullyConnected(data, num_hidden=4, name="fc"), name="h")
+    symbol = mx.sym.Group([hidden, mx.sym.relu(data, name="r"), hidden])
+    (tmp_path / "twice-symbol.json").write_text(symbol.tojson())
+    rng = np.random.RandomState(0)
+    mx.nd.save(str(tmp_path / "twice-0000.params"),
+               {"arg:fc_weight": mx.nd.array(rng.uniform(-1, 1, (4, 3))),
+                "arg:fc_bias": mx.nd.array(rng.uniform(-1, 1, (4,)))})
+    files = (tmp_path / "twice-symbol.json", tmp_path / "twice-0000.params")
+    graph = graphopt.load(*files, inputs={"data": (2, 3)})
+    assert len(run_mxnet(graph, {"data": np.ones((2, 3), np.float32)})) == 3
+    model = to_onnx(graph)
+    result = compare(*files, model, inputs={"data": (2, 3)})
+    assert result.ok and [o.name for o in result.outputs] == ["h_output", "r_output", "h_output_1"]
+
+    last = model.graph.output[2].name
+    model.graph.node.append(onnx.helper.make_node("Neg", [last], [last + "_neg"]))
+    model.graph.output[2].name = last + "_neg"   # the second copy now differs
+    result = compare(*files, model, inputs={"data": (2, 3)})
+    assert not result.ok

@@ -11,7 +11,10 @@ Node (``Graph.node(name)``), stored as the ``node`` attribute of the networkx no
     attrs        typed attribute values (``(3, 3)``, ``True``, ``None`` ...), only those set explicitly,
                  as in MXNet's JSON; the defaults live in :mod:`graphopt.schema`.
     outputs      one :class:`TensorType` (shape, dtype) per visible output.
-    output_names MXNet's name of each output (``conv0_output``; a variable's own name).
+    output_names MXNet's name of each output (``conv0_output``; a variable's own name). A rewrite
+                 that makes a node compute what a removed node computed gives the node that
+                 tensor's name (a conv with a BatchNorm folded in outputs ``bn_output``), so
+                 that names keep meaning the same values in compare and in the files written.
     origin       names of the nodes of the loaded model this node stands for (provenance).
     rule         name of the rule that made the node, ``None`` for loaded nodes.
 
@@ -103,6 +106,21 @@ def default_output_names(name: str, op: str, num_outputs: int) -> list[str]:
     if num_outputs == 1:
         return [f"{name}_output"]
     return [f"{name}_output{i}" for i in range(num_outputs)]
+
+
+def unique_output_names(names: list[str]) -> list[str]:
+    """Graph output names made unique, as the ONNX export and MXNet runs name them: the same
+    tensor listed twice as an output is ``name``, then ``name_1``..."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 class Graph:
@@ -320,6 +338,13 @@ class Graph:
         old = node.outputs
         node.outputs = [_copy.copy(t) for t in types]
         self._record(lambda: setattr(node, "outputs", old))
+
+    def set_output_name(self, tensor: Tensor, name: str) -> None:
+        """Give output ``tensor`` the name ``name`` (the name of a tensor it now stands for)."""
+        node = self.node(tensor.node)
+        old = node.output_names or default_output_names(node.name, node.op, node.num_outputs)
+        node.output_names = [name if i == tensor.index else n for i, n in enumerate(old)]
+        self._record(lambda: setattr(node, "output_names", old))
 
     def set_provenance(self, name: str, rule: str | None, origin: Iterable[str]) -> None:
         """Record that rule ``rule`` made (or remade) ``name`` from the loaded nodes ``origin``."""

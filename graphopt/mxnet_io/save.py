@@ -9,7 +9,7 @@ import mxnet as mx
 
 from graphopt._files import atomic_paths
 from graphopt.errors import ModelFileError
-from graphopt.ir.graph import Graph
+from graphopt.ir.graph import Graph, Node, default_output_names
 from graphopt.mxnet_io.symbol_json import graph_to_dict, json_text
 
 
@@ -46,7 +46,7 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
         # checked first: found only at the rename, the params file would already be in place
         if path.is_dir():
             raise ModelFileError("cannot save the model: the path is a directory", file=str(path))
-    text = json_text(_outputs_keep_their_names(graph, graph_to_dict(graph)))
+    text = json_text(_outputs_keep_their_names(graph, _names_of_values(graph, graph_to_dict(graph))))
     # A 0-d or zero-size array exists only in MXNet's numpy shape semantics (in the legacy ones
     # its shape means "unknown", and mx.nd.save writes a file nothing can read back): such
     # parameters are written, as MXNet's numpy interface writes them, with those semantics on.
@@ -62,17 +62,17 @@ def _outputs_keep_their_names(graph: Graph, data: dict) -> dict:
     """Symbol JSON whose outputs carry the graph's output names where MXNet allows it.
 
     MXNet names an output after its node (``bn`` -> ``bn_output``). When a rewrite removed the
-    node that named an output (a BatchNorm folded into its conv, a ``BlockGrad`` dropped), the
-    node now producing it takes the old name, if no output keeps the node's own name and the
-    name is free; any further name asked of the same tensor, or of a variable, comes from a
-    ``_copy`` of that name added in front of it. An output named otherwise than ``NAME_output``
-    keeps the name MXNet gives it."""
+    node that named an output (a ``BlockGrad`` dropped, an identity whose input is also an
+    output), the node now producing it takes the old name, if no output keeps the node's own
+    name and the name is free; any further name asked of the same tensor, or of a variable,
+    comes from a ``_copy`` of that name added in front of it. An output named otherwise than
+    ``NAME_output`` keeps the name MXNet gives it."""
     nodes, heads = data["nodes"], data["heads"]
     taken = {entry["name"] for entry in nodes}
     labels = graph.output_names
-    suffixes = [graph.tensor_name(t)[len(t.node):] for t in graph.outputs]
-    keeps_own_name = {head[0] for head, label, t in zip(heads, labels, graph.outputs)
-                      if label == graph.tensor_name(t)}
+    suffixes = [_suffix(graph.node(t.node), t.index) for t in graph.outputs]
+    keeps_own_name = {head[0] for head, label, suffix in zip(heads, labels, suffixes)
+                      if label == nodes[head[0]]["name"] + suffix}
     renamed: set[int] = set()
     for index, (head, label, suffix) in enumerate(zip(heads, labels, suffixes)):
         entry = nodes[head[0]]
@@ -92,3 +92,40 @@ def _outputs_keep_their_names(graph: Graph, data: dict) -> dict:
                 data["node_row_ptr"].append(data["node_row_ptr"][-1] + 1)
             heads[index] = [len(nodes) - 1, 0, 0]
     return data
+
+
+def _suffix(node: Node, index: int) -> str:
+    """What MXNet appends to the node's name to name output ``index`` (``_output``, ``_output1``,
+    nothing for a variable)."""
+    if node.is_variable:
+        return ""
+    return default_output_names(node.name, node.op, node.num_outputs)[index][len(node.name):]
+
+
+def _names_of_values(graph: Graph, data: dict) -> dict:
+    """Symbol JSON in which a node whose outputs a rewrite renamed is written under the name
+    that gives them. MXNet derives output names from node names; a conv with a BatchNorm
+    folded in computes ``bn_output``, so it is written as ``bn`` (when no other node is), and
+    the saved model's tensor names keep meaning the values they meant in the original."""
+    taken = {entry["name"] for entry in data["nodes"]}
+    for entry in data["nodes"]:
+        if entry["op"] != "null":
+            entry["name"] = _json_name(graph.node(entry["name"]), taken)
+    return data
+
+
+def _json_name(node: Node, taken: set[str]) -> str:
+    """The name under which MXNet gives ``node``'s outputs their recorded names, else its own."""
+    if node.is_variable or not node.output_names:
+        return node.name
+    default = default_output_names(node.name, node.op, node.num_outputs)
+    if node.output_names == default or not default[0].startswith(node.name):
+        return node.name
+    suffix = default[0][len(node.name):]
+    first = node.output_names[0]
+    base = first[:-len(suffix)] if suffix and first.endswith(suffix) else None
+    if base and base not in taken \
+            and default_output_names(base, node.op, node.num_outputs) == node.output_names:
+        taken.add(base)
+        return base
+    return node.name

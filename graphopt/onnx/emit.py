@@ -29,7 +29,7 @@ from onnx import helper
 import graphopt
 from graphopt._files import atomic_paths
 from graphopt.errors import ShapeError, UnsupportedOpError
-from graphopt.ir.graph import Graph, Node, Tensor
+from graphopt.ir.graph import Graph, Node, Tensor, unique_output_names
 from graphopt.onnx import converters  # noqa: F401  (importing it fills the converter table)
 from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, onnx_dtype
 from graphopt.onnx.float64 import run_double_ops_in_float32
@@ -123,27 +123,13 @@ def _name_outputs(graph: Graph, context: ConvertContext) -> list[str]:
     """Give every graph output its stable name, adding an Identity where the value has another
     name. A graph input or a parameter returned as it is stays its own output: an Identity
     writing its name would define that name twice, which onnxruntime refuses."""
-    names = _unique(graph.output_names)
+    names = unique_output_names(graph.output_names)
     for name, tensor in zip(names, graph.outputs):
         value = context.value_name(tensor)
         if value != name:
             identity = helper.make_node("Identity", [value], [name], name=f"{name}__output")
             context.nodes.append(identity)
     return names
-
-
-def _unique(names: list[str]) -> list[str]:
-    """The same tensor listed twice as a graph output gets ``name``, then ``name_1``..."""
-    seen: set[str] = set()
-    unique = []
-    for name in names:
-        candidate, k = name, 0
-        while candidate in seen:
-            k += 1
-            candidate = f"{name}_{k}"
-        seen.add(candidate)
-        unique.append(candidate)
-    return unique
 
 
 def _batch_axes(context: ConvertContext, tensor: Tensor) -> frozenset[int]:

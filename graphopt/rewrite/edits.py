@@ -44,6 +44,7 @@ class EditRun:
         self.graph, self.rule, self.match, self.values = graph, rule, match, values
         self.new: dict[str, Tensor] = {}
         self.remade: set[str] = set()   # existing nodes whose inputs or attributes the rule set
+        self.stands_for: list[str] = []  # the name of each tensor replace_uses replaced
         self.summary = EditSummary()
         origin: list[str] = []
         for name in match.nodes:
@@ -112,6 +113,7 @@ class EditRun:
         for edit in self.rule.edits:
             getattr(self, f"do_{edit.verb}")(edit)
         self.erase_dead()
+        self.take_names()
         for name in self.remade:  # made again by this rule: it now stands for the matched nodes
             if name in self.graph:
                 node = self.graph.node(name)
@@ -143,6 +145,7 @@ class EditRun:
         if old is None or new is None:
             raise GraphError(f"replace_uses: {edit.target!r} or {edit.fields['by']!r} is absent")
         self.summary.replaced.append((old.node, self.graph.tensor_type(old), new))
+        self.stands_for.append(self.graph.tensor_name(old))
         reading = [c for c, _slot in readers(self.graph, old) if c != new.node]
         self.graph.replace_all_uses(old, new)
         self.summary.changed.update(reading)
@@ -195,6 +198,18 @@ class EditRun:
         self.summary.erased.append(name)
 
     # clean-up --------------------------------------------------------------------------------
+
+    def take_names(self) -> None:
+        """A tensor the rule made or remade that replaced a tensor of a node now erased takes
+        that tensor's name: it computes what the old tensor computed (the conv with the
+        BatchNorm folded in is the old ``bn_output``), and its own old value exists no more. A
+        tensor that was merely rewired (an identity removed) keeps its name, which still means
+        the same value. Names derive from unique node names, so an erased node's is free."""
+        made = self.remade | {t.node for t in self.new.values()}
+        for (old_node, _type, tensor), name in zip(self.summary.replaced, self.stands_for):
+            if old_node not in self.graph and tensor.node in made and tensor.node in self.graph \
+                    and not self.graph.node(tensor.node).is_variable:
+                self.graph.set_output_name(tensor, name)
 
     def erase_dead(self) -> None:
         """Erase matched ops, and parameters they or the edits left unread. Graph inputs and
