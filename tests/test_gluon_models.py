@@ -794,3 +794,38 @@ def test_onnxruntime_computes_what_mxnet_computes_at_any_batch(exported, opset):
         # every output in order, an output returned twice included (compare pairs them by name)
         assert_outputs_close(mxnet_outputs(graph, inputs), list(run_onnx(model, inputs).values()),
                              f"{name} at opset {opset}, batch {len(next(iter(inputs.values())))}")
+
+
+class NumpyInterfaceNet(gluon.HybridBlock):
+    """A block written for MXNet's NumPy interface (``npx.set_np()``): ``_npx_``/``_np_``
+    ops, and a 0-d output (the sum of everything), which exists only in NumPy shape semantics."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = nn.Conv2D(4, 3, padding=1, in_channels=3)
+            self.dense = nn.Dense(5, in_units=4 * 6 * 6)
+
+    def hybrid_forward(self, F, x):
+        hidden = F.np.tanh(self.conv(x))
+        logits = self.dense(F.npx.relu(hidden))
+        return F.npx.softmax(logits), F.np.sum(hidden)
+
+
+def test_a_numpy_interface_block_from_gluon_to_onnxruntime():
+    from mxnet import npx
+    npx.set_np()
+    try:
+        mx.random.seed(0)
+        block = NumpyInterfaceNet()
+        block.initialize(mx.init.Xavier())
+        graph = graphopt.from_block(block, inputs={"x": (BATCH, 3, 6, 6)})
+        assert graph.tensor_type(graph.outputs[1]).shape == ()  # 0-d, known
+        model = graphopt.to_onnx(graph)
+        for batch, seed in ((BATCH, 0), (OTHER_BATCH, 1)):
+            x = np.random.RandomState(seed).uniform(-1, 1, (batch, 3, 6, 6)).astype(np.float32)
+            expected = [o.asnumpy() for o in block(mx.np.array(x))]
+            got = list(run_onnx(model, {"x": x}).values())
+            assert_outputs_close(expected, got, f"NumPy-interface block at batch {batch}")
+    finally:
+        npx.reset_np()

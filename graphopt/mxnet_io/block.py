@@ -22,7 +22,9 @@ def from_block(block: mx.gluon.HybridBlock, inputs: Mapping[str, tuple],
     the keys, so an ONNX export later carries the names the user chose."""
     names, shapes = list(inputs), [tuple(shape) for shape in inputs.values()]
     dtypes = dict(dtypes or {})
-    arrays = [mx.nd.zeros(shape, dtype=dtypes.get(key, "float32")) for key, shape in inputs.items()]
+    # a block written for MXNet's NumPy interface (npx.set_np()) takes mx.np arrays
+    zeros = mx.np.zeros if mx.util.is_np_array() else mx.nd.zeros
+    arrays = [zeros(shape, dtype=dtypes.get(key, "float32")) for key, shape in inputs.items()]
     block.hybridize()
     block(*arrays)
     with tempfile.TemporaryDirectory(prefix="graphopt-block-") as folder:

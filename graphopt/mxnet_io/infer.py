@@ -47,10 +47,17 @@ def known_shape(shape, numpy_semantics: bool = False) -> tuple | None:
     return tuple(int(d) for d in shape)
 
 
-def needs_numpy_shapes(shapes) -> bool:
-    """Whether a 0-d or zero-size shape is among ``shapes``: such tensors exist only in MXNet's
+NUMPY_OP_PREFIXES = ("_np_", "_npi_", "_npx_")  # ops of MXNet's NumPy interface (npx.set_np())
+
+
+def needs_numpy_shapes(shapes, graph: Graph | None = None) -> bool:
+    """Whether a 0-d or zero-size shape is among ``shapes``, or ``graph`` uses ops of MXNet's
+    NumPy interface (a sum over every axis is 0-d there): such tensors exist only in MXNet's
     numpy shape semantics (in the legacy ones, () and 0 dims mean "unknown")."""
-    return any(len(shape) == 0 or 0 in shape for shape in shapes)
+    if mx.util.is_np_array() or any(len(shape) == 0 or 0 in shape for shape in shapes):
+        return True  # (with the NumPy interface on, MXNet refuses to turn its shapes off)
+    return graph is not None and any(node.op.startswith(NUMPY_OP_PREFIXES)
+                                     for node in graph.op_nodes())
 
 
 def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
@@ -82,7 +89,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     shapes = {k: v for k, v in shapes.items() if k in arguments}
     dtypes = {k: v for k, v in dtypes.items() if k in arguments}
 
-    numpy_semantics = needs_numpy_shapes(shapes.values())
+    numpy_semantics = needs_numpy_shapes(shapes.values(), graph)
     try:
         with mx.util.np_shape(numpy_semantics):
             arg_shapes, out_shapes, aux_shapes = internals.infer_shape_partial(**shapes)
@@ -123,7 +130,7 @@ def _explain_shape_failure(graph: Graph, internals, shapes: dict, error: Excepti
     """Tell a parameter of the wrong shape from an input shape that does not fit: infer again
     from the inputs alone and compare what each parameter should be with what it is."""
     inputs_only = {k: v for k, v in shapes.items() if graph.node(k).kind == "input"}
-    numpy_semantics = needs_numpy_shapes(shapes.values())
+    numpy_semantics = needs_numpy_shapes(shapes.values(), graph)
     try:
         with mx.util.np_shape(numpy_semantics):
             arg_shapes, _, aux_shapes = internals.infer_shape_partial(**inputs_only)

@@ -50,7 +50,8 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
     # A 0-d or zero-size array exists only in MXNet's numpy shape semantics (in the legacy ones
     # its shape means "unknown", and mx.nd.save writes a file nothing can read back): such
     # parameters are written, as MXNet's numpy interface writes them, with those semantics on.
-    numpy_shapes = any(value.ndim == 0 or 0 in value.shape for value in graph.params.values())
+    numpy_shapes = mx.util.is_np_array() or any(value.ndim == 0 or 0 in value.shape
+                                                for value in graph.params.values())
     with atomic_paths(params_path, symbol_path) as (params_temp, symbol_temp), \
             mx.util.np_shape(numpy_shapes):
         mx.nd.save(str(params_temp), params_for_mxnet(graph, copy=False))
