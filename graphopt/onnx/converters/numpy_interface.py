@@ -173,14 +173,6 @@ def filled(ctx: ConvertContext, node: Node) -> None:
     ctx.emit1("Identity", [ctx.constant(array, hint="value")], ctx.output(node))
 
 
-@converter("_np_transpose")
-def transpose(ctx: ConvertContext, node: Node) -> None:
-    rank = len(input_shape(ctx, node, 0))
-    axes = ctx.attr(node, "axes") or tuple(reversed(range(rank)))
-    ctx.emit1("Transpose", [ctx.input(node, 0)], ctx.output(node),
-              perm=[normalize_axis(a, rank) for a in axes])
-
-
 @converter("_npi_concatenate")
 def concatenate(ctx: ConvertContext, node: Node) -> None:
     """``axis=None`` joins the flattened arrays."""

@@ -221,7 +221,7 @@ def reshape_like(ctx: ConvertContext, node: Node) -> None:
     reshape_output(ctx, node, ctx.input(node, 0), ctx.output(node))
 
 
-@converter("transpose")
+@converter("transpose", "_np_transpose")
 def transpose(ctx: ConvertContext, node: Node) -> None:
     rank = len(input_shape(ctx, node, 0))
     axes = ctx.attr(node, "axes") or tuple(reversed(range(rank)))
