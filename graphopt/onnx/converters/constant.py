@@ -15,7 +15,7 @@ import mxnet as mx
 import numpy as np
 
 from graphopt.ir.graph import Node
-from graphopt.mxnet_io.symbol_json import format_attrs
+from graphopt.mxnet_io.symbol_json import MXNET_VERSION, format_attrs
 from graphopt.onnx.context import ConvertContext, Unsupported, converter
 
 SHAPE_ONLY_OPS = ("_contrib_MultiBoxPrior", "_linspace")
@@ -30,7 +30,8 @@ def evaluate_in_mxnet(node: Node, input_shapes: list[tuple[int, ...]],
     position = len(variables)
     symbol = mx.sym.load_json(json.dumps({
         "nodes": variables + [op_node], "arg_nodes": list(range(len(variables))),
-        "heads": [[position, k, 0] for k in range(num_outputs)]}))
+        "heads": [[position, k, 0] for k in range(num_outputs)],
+        "attrs": {"mxnet_version": ["int", MXNET_VERSION]}}))  # (else MXNet "upgrades" it)
     feeds = {f"input{i}": mx.nd.zeros(shape, dtype=dtype)
              for i, (shape, dtype) in enumerate(zip(input_shapes, input_dtypes))}
     executor = symbol.bind(mx.cpu(), feeds, grad_req="null")
