@@ -145,6 +145,42 @@ def test_gluon_save_parameters_of_nested_blocks_with_shared_and_reordered_layers
         assert np.array_equal(value, structural.params[name]), name
 
 
+def test_shared_parameters_that_cannot_be_told_apart_are_refused_not_guessed(tmp_path):
+    """Two untouched zero biases look like a shared parameter's two copies: with more equal
+    entries than entries too many, which to drop is a guess, and a wrong guess would shift
+    every later bias by one layer (same shapes, so nothing else would notice)."""
+    nn = mx.gluon.nn
+
+    class Net(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a, self.b = nn.Dense(4, in_units=4), nn.Dense(4, in_units=4)
+                self.c = nn.Dense(4, in_units=4)
+                self.d = nn.Dense(4, in_units=4, params=self.c.params)
+
+        def hybrid_forward(self, F, x):
+            return self.d(self.c(self.b(self.a(x))))
+
+    net = Net()
+    net.initialize(mx.init.Xavier())  # biases zero
+    net.c.bias.set_data(mx.nd.array([1, 2, 3, 4]))
+    net.hybridize()
+    net(mx.nd.zeros((2, 4)))
+    net.export(str(tmp_path / "net"), epoch=0)
+    net.save_parameters(str(tmp_path / "net.gluon.params"))
+    with pytest.raises(graphopt.ParameterError, match="cannot be told"):
+        graphopt.load(tmp_path / "net-symbol.json", tmp_path / "net.gluon.params",
+                      inputs={"data": (2, 4)})
+    net.save_parameters(str(tmp_path / "dedup.gluon.params"), deduplicate=True)
+    exported = graphopt.load(tmp_path / "net-symbol.json", tmp_path / "net-0000.params",
+                             inputs={"data": (2, 4)})
+    deduplicated = graphopt.load(tmp_path / "net-symbol.json", tmp_path / "dedup.gluon.params",
+                                 inputs={"data": (2, 4)})
+    for name, value in exported.params.items():
+        assert np.array_equal(value, deduplicated.params[name]), name
+
+
 def test_zero_dimensional_parameters_load_and_save(tmp_path):
     """A 0-d array exists only in MXNet's numpy shape semantics; its params file can be read
     only with them on (and mx.nd.save of a 0-d array without them writes an unreadable file)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -102,7 +103,7 @@ def _match_structural_names(needed: list[str], stored: dict[str, np.ndarray],
             by_suffix_graph.setdefault(suffix, []).append(name)
     matched = {}
     for suffix, names in by_suffix_graph.items():
-        keys = _without_shared_copies(by_suffix_file[suffix], stored, len(names))
+        keys = _without_shared_copies(by_suffix_file[suffix], stored, len(names), file, suffix)
         if len(keys) != len(names):
             raise ParameterError(
                 f"cannot match Gluon structural parameter names to the symbol: the file has "
@@ -117,17 +118,30 @@ def _running(name: str) -> str:
     return name.replace("moving_mean", "running_mean").replace("moving_var", "running_var")
 
 
-def _without_shared_copies(keys: list[str], stored: dict[str, np.ndarray], wanted: int) -> list[str]:
-    kept: list[str] = []
+def _without_shared_copies(keys: list[str], stored: dict[str, np.ndarray], wanted: int,
+                           file: str, suffix: str) -> list[str]:
+    """``keys`` without the second copies of shared parameters, when the file has more entries
+    than the graph has variables. A copy is an entry equal to an earlier one; that is taken as
+    sharing only when there are exactly as many such entries as entries too many. Otherwise
+    (two untouched zero biases look alike as well) the match would be a guess: refused."""
     excess = len(keys) - wanted
+    if excess <= 0:
+        return keys
+    seen: set[tuple] = set()
+    copies = []
     for key in keys:
         value = stored[key]
-        if excess > 0 and any(stored[k].dtype == value.dtype and np.array_equal(stored[k], value)
-                              for k in kept):
-            excess -= 1
-            continue
-        kept.append(key)
-    return kept
+        digest = (value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
+        if digest in seen:
+            copies.append(key)
+        seen.add(digest)
+    if len(copies) != excess:
+        raise ParameterError(
+            f"the file has {len(keys)} '{suffix}' parameters for {wanted} in the graph, and "
+            f"{len(copies)} of them equal another, so which are the copies of shared parameters "
+            f"cannot be told; save the model with export(), or save_parameters(..., "
+            f"deduplicate=True)", file=file)
+    return [key for key in keys if key not in set(copies)]
 
 
 def _creation_order(names: list[str], suffix: str) -> list[str]:
