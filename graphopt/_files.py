@@ -48,21 +48,26 @@ def _temporary_beside(final: Path, suffix: str) -> Path:
 
 
 def _replace_all(temps: list[Path], finals: list[Path]) -> None:
-    """Rename each temp onto its final; on a failure, put back what was replaced."""
+    """Rename each temp onto its final; on a failure, put back what was replaced. Every final
+    is kept aside before the first rename, so a failure to keep one aside changes nothing."""
     backups: dict[Path, Path | None] = {}  # final -> its old contents (None: it did not exist)
     try:
-        for temp, final in zip(temps, finals):
+        for final in finals:
             backups[final] = _keep_aside(final)
-            os.replace(temp, final)
-    except OSError as error:
-        for final, backup in backups.items():
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, final)
-                elif final.is_file():
-                    final.unlink()  # new, and its partner failed: remove it
-        raise ModelFileError(f"cannot replace the file: {error.strerror}; nothing was changed",
-                             file=str(error.filename or finals[0])) from None
+        done: list[Path] = []
+        for temp, final in zip(temps, finals):
+            try:
+                os.replace(temp, final)
+            except OSError as error:
+                for replaced in done:
+                    with contextlib.suppress(OSError):
+                        if backups[replaced] is not None:
+                            os.replace(backups[replaced], replaced)
+                        else:
+                            replaced.unlink()  # new, and its partner failed: remove it
+                raise ModelFileError(f"cannot replace the file: {error.strerror}; nothing was "
+                                     "changed", file=str(final)) from None
+            done.append(final)
     finally:
         for backup in backups.values():
             if backup is not None:

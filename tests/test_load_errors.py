@@ -166,8 +166,9 @@ def test_a_save_failing_between_its_renames_restores_the_old_model(lenet, tmp_pa
             raise OSError(28, "No space left on device", str(destination))
         return real_replace(source, destination)
     monkeypatch.setattr(os, "replace", replace_failing_the_second_time)
-    with pytest.raises(graphopt.ModelFileError, match="nothing was changed"):
+    with pytest.raises(graphopt.ModelFileError, match="nothing was changed") as error:
         graphopt.save_mxnet(changed, target)
+    assert error.value.file == str(tmp_path / "out-symbol.json")  # the model's file, not a temp
     monkeypatch.setattr(os, "replace", real_replace)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("out-*")} == old
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
