@@ -14,6 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from graphopt.errors import UnsupportedOpError
 from onnx_op_harness import NEWEST_OPSET, check, load, op_types
 
 x = mx.sym.var("x")
@@ -633,8 +634,7 @@ def test_argmax_channel_reduces_axis_one(shape, tmp_path):
 # A Gluon model written with F.np / F.npx exports _np_* / _npi_* / _npx_* ops, whose rules differ
 # from the legacy ops': operands of two dtypes are promoted, integer / integer is float,
 # comparisons give bool, matmul is NumPy's; functions of integers are computed as the legacy ops
-# compute them. (0-d results are left out: graphopt's loader gives
-# them no shape, see the report of this change.)
+# compute them.
 
 def numpy_symbol(build) -> mx.sym.Symbol:
     """The symbol ``build(np, npx, x, y)`` makes in NumPy mode, as ``export`` writes it."""
@@ -675,3 +675,20 @@ def test_numpy_interface_shapes_matmul_where(tmp_path):
                 np_.where(a > 0, 1.0, b), np_.ones_like(a), np_.full_like(b, 2.5), np_.copy(a),
                 npx.reshape(c, (-2, -5)), b + np_.zeros((3,)) + np_.full((1, 3), 2.0)]
     check(numpy_symbol(build), tmp_path, integers_and_floats(2), other_batch=integers_and_floats(3))
+
+
+def test_numpy_interface_8bit_reductions_and_0d_results(tmp_path):
+    """int8 sums and products wrap like MXNet's (ONNX has no 8-bit ReduceSum: int32, then back);
+    a reduction over every axis is 0-d, a shape NumPy semantics give it."""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        np_.sum(a, axis=1), np_.prod(a, axis=1), np_.max(a, axis=0), np_.sum(b), np_.mean(a)])
+    inputs = {"x": RNG.integers(-100, 100, (2, 3)).astype("int8"), "y": uniform(0.5, 2, 2, 3)}
+    check(symbol, tmp_path, inputs)
+
+
+def test_numpy_interface_reshape_to_a_zero_size_axis_needs_opset_14(tmp_path):
+    symbol = numpy_symbol(lambda np_, npx, a, b: [np_.reshape(b, (0, 6))])
+    inputs = {"y": np.zeros((0, 3), np.float32)}
+    check(symbol, tmp_path, inputs, opsets=(14, 17))
+    with pytest.raises(UnsupportedOpError, match="opset 14"):
+        check(symbol, tmp_path, inputs, opsets=(13,))

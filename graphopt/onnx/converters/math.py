@@ -36,7 +36,7 @@ FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 NARROW_INTS = ("int8", "uint8", "int16", "uint16", "bool")  # no ONNX arithmetic on these
 
 
-def _arithmetic_dtype(dtype: str) -> str:
+def arithmetic_dtype(dtype: str) -> str:
     return "int32" if dtype in NARROW_INTS else dtype
 
 
@@ -46,7 +46,7 @@ def _math_dtype(dtype: str, double_kernel: bool = True) -> str:
     return "float64" if dtype == "float64" and double_kernel else "float32"
 
 
-def _in_dtype(ctx: ConvertContext, values: list[str], dtype: str, work: str,
+def in_dtype(ctx: ConvertContext, values: list[str], dtype: str, work: str,
               lower: Callable[..., str], output: str | None) -> str:
     """``lower(ctx, *values, work, out)`` on ``values`` cast from ``dtype`` to ``work``, the
     result cast back to ``dtype`` (nothing is cast when the two are the same)."""
@@ -102,7 +102,7 @@ def _hypot(ctx: ConvertContext, a: str, b: str, dtype: str, out: str) -> str:
     def lower(ctx: ConvertContext, a: str, b: str, dtype: str, out: str | None) -> str:
         squares = ctx.emit1("Add", [ctx.emit1("Mul", [a, a]), ctx.emit1("Mul", [b, b])])
         return ctx.emit1("Sqrt", [squares], out)
-    return _in_dtype(ctx, [a, b], dtype, _math_dtype(dtype), lower, out)
+    return in_dtype(ctx, [a, b], dtype, _math_dtype(dtype), lower, out)
 
 
 OPERATIONS: dict[str, Lowering] = {
@@ -147,7 +147,7 @@ SCALAR_OPS = {
 def _apply(ctx: ConvertContext, operation: str, a: str, b: str, dtype: str, output: str) -> str:
     """``operation`` on two ``dtype`` values; 8-bit integers go through int32 (wrapping back,
     as C's arithmetic on them does)."""
-    return _in_dtype(ctx, [a, b], dtype, _arithmetic_dtype(dtype), OPERATIONS[operation], output)
+    return in_dtype(ctx, [a, b], dtype, arithmetic_dtype(dtype), OPERATIONS[operation], output)
 
 
 @converter(*BINARY_OPS)
@@ -185,7 +185,7 @@ def add_n(ctx: ConvertContext, node: Node) -> None:
         for addend in addends[1:-1]:
             total = ctx.emit1("Add", [total, addend])
         return ctx.emit1("Add", [total, addends[-1]], output)
-    _in_dtype(ctx, values, dtype, _arithmetic_dtype(dtype), add_all, ctx.output(node))
+    in_dtype(ctx, values, dtype, arithmetic_dtype(dtype), add_all, ctx.output(node))
 
 
 # --- unary ops -------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def _float_math(ctx: ConvertContext, node: Node, lower: UnaryLowering, *,
     work = _math_dtype(dtype, double_kernel)
     if half_kernel and dtype == "float16":
         work = dtype
-    return _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
+    return in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 @converter(*UNARY)
@@ -234,7 +234,7 @@ def _integer_unary(ctx: ConvertContext, node: Node, op_type: str, dtype: str) ->
             return ctx.emit1("Max", [x, typed(ctx, 0, dtype)], out)
         return ctx.emit1(op_type, [x], out)
     work = "int32" if op_type == "Neg" and dtype.startswith("u") else dtype
-    _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
+    in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 def _integer_identity(ctx: ConvertContext, node: Node) -> bool:
@@ -316,7 +316,7 @@ def rcbrt(ctx: ConvertContext, node: Node) -> None:
 def square(ctx: ConvertContext, node: Node) -> None:
     """``x * x`` in the input's dtype (8-bit integers through int32)."""
     dtype = ctx.dtype(node, 0)
-    _in_dtype(ctx, [ctx.input(node, 0)], dtype, _arithmetic_dtype(dtype),
+    in_dtype(ctx, [ctx.input(node, 0)], dtype, arithmetic_dtype(dtype),
               lambda ctx, x, dtype, out: ctx.emit1("Mul", [x, x], out), ctx.output(node))
 
 
@@ -552,8 +552,8 @@ def reduction(ctx: ConvertContext, node: Node) -> None:
         count = ctx.emit1("Div", [ctx.emit1("Size", [value]), ctx.emit1("Size", [total])])
         wrapped = cast(ctx, cast(ctx, total, dtype), work)
         return ctx.emit1("Div", [wrapped, cast(ctx, count, work)], out)
-    work = dtype if op_type in ("ReduceMax", "ReduceMin") else _arithmetic_dtype(dtype)
-    _in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
+    work = dtype if op_type in ("ReduceMax", "ReduceMin") else arithmetic_dtype(dtype)
+    in_dtype(ctx, [ctx.input(node, 0)], dtype, work, lower, ctx.output(node))
 
 
 @converter("norm")
@@ -570,7 +570,7 @@ def norm(ctx: ConvertContext, node: Node) -> None:
                           "integer division: norm([3, 4]) is 4)")
     op_type = "ReduceL1" if order == 1 else "ReduceL2"
     keepdims = ctx.attr(node, "keepdims")
-    result = _in_dtype(ctx, [ctx.input(node, 0)], dtype, _arithmetic_dtype(dtype),
+    result = in_dtype(ctx, [ctx.input(node, 0)], dtype, arithmetic_dtype(dtype),
                        lambda ctx, x, work, out: reduce_to_output(ctx, node, op_type, x, axes,
                                                                   keepdims, out),
                        ctx.output(node) if out_dtype == dtype else None)

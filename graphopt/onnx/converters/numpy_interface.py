@@ -18,7 +18,7 @@ import numpy as np
 
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, converter
-from graphopt.onnx.converters.math import OPERATIONS, _apply
+from graphopt.onnx.converters.math import OPERATIONS, _apply, arithmetic_dtype, in_dtype
 from graphopt.onnx.converters.tensor import (cast, input_shape, normalize_axis, reduce,
                                              reshape_output, squeeze, typed, unsqueeze)
 
@@ -110,6 +110,8 @@ def _axes(ctx: ConvertContext, node: Node, rank: int) -> list[int]:
     return sorted(normalize_axis(a, rank) for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 
+RESHAPE_ALLOWZERO_SINCE = 14
+
 REDUCTIONS = {"_np_sum": "ReduceSum", "_npi_mean": "ReduceMean", "_np_max": "ReduceMax",
               "_np_min": "ReduceMin", "_np_prod": "ReduceProd"}
 
@@ -127,8 +129,12 @@ def reduction(ctx: ConvertContext, node: Node) -> None:
     if not axes:
         ctx.emit1("Identity", [value], ctx.output(node))
         return
-    reduce(ctx, REDUCTIONS[node.op], value, axes, bool(ctx.attr(node, "keepdims")),
-           ctx.output(node))
+    op_type, keepdims = REDUCTIONS[node.op], bool(ctx.attr(node, "keepdims"))
+    # 8-bit integers sum and multiply in int32 (ONNX has no 8-bit ReduceSum), wrapping back
+    work = dtype if op_type in ("ReduceMax", "ReduceMin") else arithmetic_dtype(dtype)
+    in_dtype(ctx, [value], dtype, work,
+             lambda ctx, x, _work, out: reduce(ctx, op_type, x, axes, keepdims, out),
+             ctx.output(node))
 
 
 @converter("_npi_argmax", "_npi_argmin")
@@ -153,6 +159,10 @@ def reshape(ctx: ConvertContext, node: Node) -> None:
         raise Unsupported(f"order={ctx.attr(node, 'order')}")
     newshape = ctx.attr(node, "newshape")
     newshape = newshape if isinstance(newshape, tuple) else (newshape,)
+    if 0 in newshape:  # a zero-size axis: ONNX's Reshape reads a 0 as "copy" before opset 14
+        if ctx.opset < RESHAPE_ALLOWZERO_SINCE:
+            raise Unsupported(f"a reshape to a zero-size axis needs opset "
+                              f"{RESHAPE_ALLOWZERO_SINCE} or later (Reshape's allowzero)")
     ctx.emit1("Reshape", [ctx.input(node, 0), ctx.int64s(newshape, hint="shape")],
               ctx.output(node), allowzero=1 if 0 in newshape else None)
 
