@@ -246,4 +246,51 @@ class ConvertContext:
             self._names.add(name)
 
 
+def convert_graph(context: ConvertContext) -> list[tuple[Node, str]]:
+    """Run every live op node of ``context.graph`` through its converter, in topological order.
+    Returns the nodes that cannot be converted with the reason: those without a converter
+    first, then those whose converter raised :class:`Unsupported`. Used for the model's graph
+    and, with a nested context, for the body of a control-flow op."""
+    graph = context.graph
+    live = graph.live_nodes()
+    nodes = [node for node in graph.op_nodes() if node.name in live]
+    problems = [(node, f"no ONNX converter for op {node.op}") for node in nodes
+                if node.op not in CONVERTERS]
+    for node in nodes:
+        if node.op not in CONVERTERS:
+            continue
+        context.current = node
+        try:
+            CONVERTERS[node.op](context, node)
+        except Unsupported as reason:
+            problems.append((node, str(reason)))
+    context.current = None
+    return problems
+
+
+def names_read(onnx_node: onnx.NodeProto) -> set[str]:
+    """The values an ONNX node reads: its inputs and, for Loop, Scan and If, every name the
+    nodes of its bodies read (a body reads outer values by name, without listing them as the
+    node's inputs; names the body defines itself are included too, which is harmless)."""
+    names = set(onnx_node.input)
+    for attribute in onnx_node.attribute:
+        bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+        for body in bodies:
+            for inner in body.node:
+                names |= names_read(inner)
+            names.update(output.name for output in body.output)
+    return names
+
+
+def needed_nodes(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]
+                 ) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The ``nodes`` that ``outputs`` depend on (in their order), and every value name they read."""
+    needed, kept = set(outputs), []
+    for onnx_node in reversed(nodes):
+        if needed.intersection(onnx_node.output):
+            kept.append(onnx_node)
+            needed |= names_read(onnx_node)
+    return kept[::-1], needed
+
+
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)

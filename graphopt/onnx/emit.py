@@ -31,8 +31,9 @@ from graphopt._files import atomic_paths
 from graphopt.errors import ShapeError, UnsupportedOpError
 from graphopt.ir.graph import Graph, Node, Tensor, unique_output_names
 from graphopt.onnx import converters  # noqa: F401  (importing it fills the converter table)
-from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, onnx_dtype
+from graphopt.onnx.context import ConvertContext, convert_graph, needed_nodes, onnx_dtype
 from graphopt.onnx.float64 import run_double_ops_in_float32
+from graphopt.onnx.converters.control_flow import complete_loop_shapes
 from graphopt.onnx.converters.tensor import batch_axes
 
 MIN_OPSET = 13
@@ -65,17 +66,9 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int = DE
     _check_input_types(graph, inputs)
 
     context = ConvertContext(graph, opset, dynamic_batch=dynamic_batch)
-    unsupported = [_problem(node, f"no ONNX converter for op {node.op}")
-                   for node in graph.op_nodes() if node.name in live and node.op not in CONVERTERS]
-    for node in graph.op_nodes():
-        if node.name not in live or node.op not in CONVERTERS:
-            continue
-        context.current = node
-        try:
-            CONVERTERS[node.op](context, node)
-        except Unsupported as reason:
-            unsupported.append(_problem(node, str(reason)))
-    context.current = None
+    complete_loop_shapes(context)  # MXNet infers no shape after a _while_loop or _cond
+    graph = context.graph
+    unsupported = [_problem(node, reason) for node, reason in convert_graph(context)]
     if unsupported:
         raise _unsupported_error(graph, unsupported)
 
@@ -143,13 +136,9 @@ def _needed(context: ConvertContext, outputs: list[str]) -> tuple[list, list]:
     """The ONNX nodes and initializers the outputs depend on. Some converters read parameters
     ahead of the ops that convert them (the fused RNN reads its weights through the concat that
     MXNet feeds it); what nothing reads is left out, instead of doubling the file."""
-    needed, kept = set(outputs), []
-    for onnx_node in reversed(context.nodes):
-        if needed.intersection(onnx_node.output):
-            kept.append(onnx_node)
-            needed.update(onnx_node.input)
+    kept, needed = needed_nodes(context.nodes, outputs)
     initializers = [t for name, t in context.initializers.items() if name in needed]
-    return kept[::-1], initializers
+    return kept, initializers
 
 
 def _value_info(name: str, tensor_type, dynamic: frozenset[int],

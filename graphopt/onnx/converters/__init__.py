@@ -3,5 +3,6 @@
 Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
 """
 
-from graphopt.onnx.converters import (constant, contrib, legacy, math, nn,  # noqa: F401
-                                       numpy_interface, tensor, vision)  # (registration)
+from graphopt.onnx.converters import (constant, contrib, control_flow, legacy,  # noqa: F401
+                                       math, nn, numpy_interface, tensor,
+                                       vision)  # (registration)
