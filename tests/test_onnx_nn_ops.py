@@ -869,3 +869,12 @@ def test_float64_model_runs_in_onnxruntime(name, tmp_path):
     models = check_symbol(symbol, tmp_path, inputs, params, opsets=OPSETS, other_batch=other)
     for model in models.values():  # the outputs stay float64
         assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.DOUBLE}
+
+
+def test_a_double_made_inside_a_float32_model_runs_in_onnxruntime(tmp_path):
+    """The double comes from an op told to make one (dtype=float64), not from an input or a
+    weight; a uniform draw with low == high is a constant, so MXNet can be matched."""
+    ones = mx.sym.random.uniform(low=1.0, high=1.0, shape=(2, 4), dtype="float64")
+    symbol = mx.sym.Group([mx.sym.Activation(ones, act_type="softrelu"), data * 2])
+    inputs = {"data": np.random.RandomState(0).uniform(-1, 1, (2, 4)).astype(np.float32)}
+    check_symbol(symbol, tmp_path, inputs, {}, opsets=(13, 17, 21), other_batch=None)

@@ -69,12 +69,14 @@ def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
 
 def _may_hold_doubles(model: onnx.ModelProto) -> bool:
     """A cheap test before type inference: a double value starts at a double input, weight or
-    constant, or at a Cast to double."""
+    constant, at a Cast to double, or at an op told to make doubles (``dtype``: RandomNormal,
+    EyeLike ...)."""
     graph = model.graph
     return (any(t.data_type == TensorProto.DOUBLE for t in graph.initializer)
             or any(v.type.tensor_type.elem_type == TensorProto.DOUBLE for v in graph.input)
-            or any(attribute.name in ("to", "value") and (attribute.i == TensorProto.DOUBLE
-                                                          or attribute.t.data_type == TensorProto.DOUBLE)
+            or any(attribute.name in ("to", "dtype", "value")
+                   and (attribute.i == TensorProto.DOUBLE
+                        or attribute.t.data_type == TensorProto.DOUBLE)
                    for node in graph.node for attribute in node.attribute))
 
 

@@ -709,9 +709,20 @@ def _drawn_dtype(ctx: ConvertContext, node: Node) -> str:
     return dtype if dtype in ("float32", "float64") else "float32"
 
 
+RANDOM_KERNELS_UNTIL = 21  # onnxruntime 1.32 has no kernel for the random ops' version 22
+
+
+def _random_opset_check(ctx: ConvertContext, op_type: str) -> None:
+    if ctx.opset > RANDOM_KERNELS_UNTIL:
+        raise Unsupported(f"at opset {ctx.opset} {op_type} is its version 22, for which the pinned "
+                          f"onnxruntime has no kernel; export at opset {RANDOM_KERNELS_UNTIL} "
+                          "or lower")
+
+
 def _draw(ctx: ConvertContext, node: Node, op_type: str, dtype: str | None = None, **attrs) -> str:
     """A Random* node, or its *Like form: shaped like input 0 for a ``_like`` op, or like a
     tensor of the run-time shape when the output follows a dynamic batch."""
+    _random_opset_check(ctx, op_type)
     dtype = onnx_dtype(dtype or _drawn_dtype(ctx, node))
     if node.op.endswith("_like"):
         return ctx.emit1(f"{op_type}Like", [ctx.input(node, 0)], dtype=dtype, **attrs)
@@ -762,6 +773,7 @@ def random_randint(ctx: ConvertContext, node: Node) -> None:
 def sample_multinomial(ctx: ConvertContext, node: Node) -> None:
     """MXNet samples from probabilities, ONNX from log-probabilities; ``shape`` is the number
     of samples per distribution (``()``: one, without an axis for it)."""
+    _random_opset_check(ctx, "Multinomial")
     samples_shape = tuple(ctx.attr(node, "shape") or ())
     if len(samples_shape) > 1:
         raise Unsupported(f"sample shape {samples_shape} has more than one axis")
