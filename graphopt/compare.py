@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import ShapeError
-from graphopt.ir.graph import Graph, Node, Tensor, default_output_names
+from graphopt.ir.graph import Graph, Node, Tensor, default_output_names, unique_output_names
 from graphopt.mxnet_io.symbol_json import format_attrs
 from graphopt.runtime import (MXNetModel, inferred_dtypes, load_onnx, onnx_session, random_input,
                               run_onnx)
@@ -523,7 +523,7 @@ def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel
     report.per_layer = True
     report.unmatched_mxnet = [{"tensor": name, **_where(graph, producers.get(name))}
                               for name in order if name not in onnx_producers]
-    named = set(order)
+    named = set(order) | set(unique_output_names(graph.output_names))  # (x_1: a repeated output)
     report.unmatched_onnx = [value for value in onnx_producers
                              if value not in named and (_MXNET_OUTPUT_NAME.search(value)
                                                         or value in _onnx_outputs(model))]
