@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 from graphopt.errors import GraphoptError
 
 
@@ -37,6 +35,9 @@ def resolve_model(model: str, params: str | None = None) -> tuple[Path, Path | N
     return path, candidates[-1] if candidates else None
 
 
+INPUT_DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64", "bool")
+
+
 class InputArg(NamedTuple):
     name: str
     shape: tuple[int, ...]
@@ -51,11 +52,9 @@ def parse_input(text: str) -> InputArg:
         raise argparse.ArgumentTypeError(
             f"expected NAME:DIMxDIM...[:DTYPE], e.g. data:1x3x224x224 or ids:1x16:int32, got {text!r}")
     dtype = match.group(3)
-    if dtype is not None:
-        try:
-            dtype = np.dtype(dtype).name
-        except TypeError:
-            raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {text!r}") from None
+    if dtype is not None and dtype not in INPUT_DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {text!r}; MXNet's are "
+                                         f"{', '.join(INPUT_DTYPES)}")
     return InputArg(match.group(1), tuple(int(d) for d in re.split(r"[x,]", match.group(2))), dtype)
 
 
