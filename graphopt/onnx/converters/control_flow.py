@@ -124,6 +124,9 @@ def load_body(ctx_graph: Graph, node: Node, index: int, label: str,
     data = node.subgraphs[index] if node.subgraphs and index < len(node.subgraphs) else None
     if data is None:
         raise Unsupported(f"its body #{index} is missing from the symbol")
+    # as written by this MXNet: a body without a version would be "upgraded" from 0.8, which
+    # gives a nested control-flow node one input too many
+    data = {**data, "attrs": {"mxnet_version": ["int", MXNET_VERSION]}}
     input_names = mx.sym.load_json(json.dumps(data)).list_inputs()
     if len(input_names) != len(bindings):
         raise Unsupported(f"its {label} body has {len(input_names)} inputs, the node feeds it "
@@ -133,7 +136,7 @@ def load_body(ctx_graph: Graph, node: Node, index: int, label: str,
                for name, binding in zip(input_names, bindings)}
     nodes = [{**entry, "name": renamed.get(entry["name"], prefix + entry["name"])}
              for entry in data["nodes"]]
-    text = json.dumps({**data, "nodes": nodes, "attrs": {"mxnet_version": ["int", MXNET_VERSION]}})
+    text = json.dumps({**data, "nodes": nodes})
     graph = graph_from_json(text, file=ctx_graph.source.get("symbol", "<string>"))
     graph.name = prefix.rstrip("/")
     variables = [renamed[name] for name in input_names]
@@ -187,7 +190,7 @@ def _shapes_of(graph: Graph, input_shapes: dict) -> dict:
     other = graph.copy()
     try:
         infer_with_loops(other, input_shapes)
-    except GraphoptError:
+    except (GraphoptError, Unsupported):  # (Unsupported: a body that does not fit them)
         return {}
     return {Tensor(name, index): tensor_type.shape
             for name in other.nx for index, tensor_type in enumerate(other.node(name).outputs)}
