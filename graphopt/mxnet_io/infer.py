@@ -13,7 +13,7 @@ import re
 import mxnet as mx
 import numpy as np
 
-from graphopt.errors import ParameterError, ShapeError
+from graphopt.errors import GraphoptError, ParameterError, ShapeError
 from graphopt.ir.graph import Graph, Tensor, TensorType
 from graphopt.mxnet_io.symbol_json import graph_to_dict
 
@@ -117,6 +117,23 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     for name, shape in input_shapes.items():
         if name in graph and graph.node(name).kind == "input" and graph.node(name).shape is None:
             graph.node(name).outputs[0] = TensorType(tuple(shape), graph.node(name).dtype)
+
+
+def shapes_at_twice_the_batch(graph: Graph) -> dict[Tensor, tuple | None] | None:
+    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference, on a
+    copy), which tells the axes that follow the batch; ``None`` when the graph has no input
+    with a shape or does not run at twice its batch (axis 0 is then no batch). Twice, not
+    another size: a size that divides the loaded one divides this one too."""
+    inputs = {node.name: node.shape for node in graph.variables("input") if node.shape}
+    if not inputs:
+        return None
+    other = graph.copy()
+    try:
+        infer_shapes(other, {name: (2 * shape[0], *shape[1:]) for name, shape in inputs.items()})
+    except GraphoptError:
+        return None
+    return {Tensor(name, index): tensor_type.shape
+            for name in other.nx for index, tensor_type in enumerate(other.node(name).outputs)}
 
 
 def _error_at(kind, graph: Graph, error: Exception, what: str, file):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import weakref
 
-from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph, Tensor
 
 # per graph: tensor -> (its shape when the analysis ran, its shape at twice the batch);
@@ -21,18 +20,14 @@ _ANALYSES: "weakref.WeakKeyDictionary[Graph, dict | None]" = weakref.WeakKeyDict
 
 
 def _shapes_at_twice_the_batch(graph: Graph) -> dict[Tensor, tuple] | None:
-    from graphopt.mxnet_io.infer import infer_shapes  # imports MXNet's symbol machinery
+    from graphopt.mxnet_io.infer import shapes_at_twice_the_batch  # MXNet's symbol machinery
 
-    inputs = {node.name: node.shape for node in graph.variables("input")}
-    if not inputs or any(not shape for shape in inputs.values()):
+    if any(not node.shape for node in graph.variables("input")):
         return None
-    other = graph.copy()
-    try:
-        infer_shapes(other, {name: (2 * shape[0], *shape[1:]) for name, shape in inputs.items()})
-    except GraphoptError:
+    twice = shapes_at_twice_the_batch(graph)
+    if twice is None:
         return None  # the model does not run at another batch size (or axis 0 is no batch)
-    return {Tensor(name, index): (graph.node(name).outputs[index].shape, tensor_type.shape)
-            for name in other.nx for index, tensor_type in enumerate(other.node(name).outputs)}
+    return {tensor: (graph.tensor_type(tensor).shape, shape) for tensor, shape in twice.items()}
 
 
 def shapes_at_other_batches(graph: Graph, tensor: Tensor) -> list[tuple[int, ...]] | None:

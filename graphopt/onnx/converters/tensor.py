@@ -17,7 +17,6 @@ from typing import Sequence
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Node, Tensor
 from graphopt.onnx.context import ConvertContext, Unsupported, converter, onnx_dtype
 
@@ -30,25 +29,13 @@ _OTHER_BATCH_SHAPES: "weakref.WeakKeyDictionary[ConvertContext, dict]" = weakref
 
 
 def _shapes_at_another_batch(ctx: ConvertContext) -> dict[Tensor, tuple | None]:
-    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference)."""
-    if ctx in _OTHER_BATCH_SHAPES:
-        return _OTHER_BATCH_SHAPES[ctx]
-    shapes: dict[Tensor, tuple | None] = {}
-    inputs = {n.name: n.shape for n in ctx.graph.variables("input") if n.shape}
-    if ctx.dynamic_batch and inputs:
-        from graphopt.mxnet_io.infer import infer_shapes
-        other = ctx.graph.copy()
-        try:
-            # twice the batch: a size that divides the loaded one divides this one too
-            infer_shapes(other, {name: (2 * shape[0], *shape[1:]) for name, shape in inputs.items()})
-        except GraphoptError:
-            pass  # the model only runs at its own batch size: every axis is static
-        else:
-            for name in other.nx:
-                for index, tensor_type in enumerate(other.node(name).outputs):
-                    shapes[Tensor(name, index)] = tensor_type.shape
-    _OTHER_BATCH_SHAPES[ctx] = shapes
-    return shapes
+    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference); empty
+    for a static export or a model that only runs at its own batch size."""
+    if ctx not in _OTHER_BATCH_SHAPES:
+        from graphopt.mxnet_io.infer import shapes_at_twice_the_batch
+        twice = shapes_at_twice_the_batch(ctx.graph) if ctx.dynamic_batch else None
+        _OTHER_BATCH_SHAPES[ctx] = twice or {}
+    return _OTHER_BATCH_SHAPES[ctx]
 
 
 def batch_axes(ctx: ConvertContext, tensor: Tensor) -> frozenset[int]:
