@@ -286,7 +286,7 @@ def value_info(name: str, tensor_type: TensorType, dynamic: frozenset[int] = fro
     return helper.make_tensor_value_info(name, onnx_dtype(tensor_type.dtype), shape)
 
 
-def body_graph(ctx: ConvertContext, name: str, nodes: list[onnx.NodeProto],
+def body_graph(name: str, nodes: list[onnx.NodeProto],
                inputs: list[onnx.ValueInfoProto], outputs: list[tuple[str, onnx.ValueInfoProto]]
                ) -> onnx.GraphProto:
     """The ONNX body graph: ``outputs`` pairs a value with the typed output it becomes. Each
@@ -375,7 +375,7 @@ def foreach(ctx: ConvertContext, node: Node) -> None:
     count = len(body.outputs)
     order = list(range(num_out_data, count)) + list(range(num_out_data))
     outputs = [body_output(ctx, body, index, "body_output") for index in order]
-    graph = body_graph(ctx, f"{node.name}_body", steps + body.context.nodes, inputs, outputs)
+    graph = body_graph(f"{node.name}_body", steps + body.context.nodes, inputs, outputs)
     node_inputs = [o.name for o in outer[len(data_locs):len(data_locs) + len(state_locs)]] + \
                   [o.name for o in outer[:len(data_locs)]]
     ctx.emit("Scan", node_inputs, [ctx.output(node, index) for index in order], body=graph,
@@ -414,7 +414,7 @@ def while_loop(ctx: ConvertContext, node: Node) -> None:
     outputs = [(flag, value_info(ctx.fresh("next_condition"), TensorType((), "bool")))]
     outputs += [body_output(ctx, func, num_out_data + k, "variable") for k in range(len(var_locs))]
     outputs += [body_output(ctx, func, index, "step_output") for index in range(num_out_data)]
-    graph = body_graph(ctx, f"{node.name}_body", func.context.nodes + cond.context.nodes
+    graph = body_graph(f"{node.name}_body", func.context.nodes + cond.context.nodes
                        + flag_nodes, inputs, outputs)
     limit = ctx.constant(np.array(max_iterations, dtype=np.int64), hint="max_iterations")
     stacked = [ctx.fresh("steps") for _ in range(num_out_data)]
@@ -459,7 +459,7 @@ def cond(ctx: ConvertContext, node: Node) -> None:
     for index, label in ((1, "then"), (2, "else")):
         body = convert_body(ctx, node, index, label, [outer[slot] for slot in locs[index]])
         outputs = [body_output(ctx, body, i, f"{label}_output") for i in range(len(body.outputs))]
-        branches[f"{label}_branch"] = body_graph(ctx, f"{node.name}_{label}",
+        branches[f"{label}_branch"] = body_graph(f"{node.name}_{label}",
                                                  body.context.nodes, [], outputs)
     ctx.emit("If", [flag], [ctx.output(node, index) for index in range(node.num_outputs)],
              **branches)
