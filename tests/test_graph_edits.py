@@ -145,3 +145,23 @@ def test_tensor_names_and_multi_output_nodes():
     assert graph.node("split").num_outputs == 3
     assert [t.shape for t in graph.node("split").outputs] == [(2, 2)] * 3
     assert graph.consumers(Tensor("split", 2)) == [(graph.outputs[0].node, 1)]
+
+
+def test_a_node_added_after_a_fold_does_not_take_the_folded_tensors_name(tmp_path):
+    """After BatchNorm 'bn' is folded, the conv's output is named bn_output; a node added
+    later with base name 'bn' must not produce a second bn_output."""
+    data = mx.sym.var("data")
+    conv = mx.sym.Convolution(data, kernel=(1, 1), num_filter=2, name="conv")
+    symbol = mx.sym.BatchNorm(conv, fix_gamma=False, name="bn")
+    (tmp_path / "m-symbol.json").write_text(symbol.tojson())
+    shapes = {"conv_weight": (2, 3, 1, 1), "conv_bias": (2,), "bn_gamma": (2,), "bn_beta": (2,)}
+    params = {f"arg:{k}": mx.nd.ones(v) for k, v in shapes.items()}
+    params.update({"aux:bn_moving_mean": mx.nd.zeros((2,)), "aux:bn_moving_var": mx.nd.ones((2,))})
+    mx.nd.save(str(tmp_path / "m-0000.params"), params)
+    graph = graphopt.load(tmp_path / "m-symbol.json", tmp_path / "m-0000.params",
+                          inputs={"data": (1, 3, 4, 4)})
+    folded, _ = graphopt.rewrite(graph)
+    assert folded.output_names == ["bn_output"] and "bn" not in folded
+    added = folded.add_node("relu", [folded.outputs[0]], name="bn")
+    assert added.name != "bn"
+    assert len({folded.tensor_name(Tensor(n, 0)) for n in ("conv", added.name)}) == 2

@@ -139,6 +139,8 @@ class Graph:
         self.source: dict[str, Any] = {}     # where the graph was loaded from, for error messages
         self._seq = itertools.count()
         self._journal: list[Callable[[], None]] | None = None
+        # names a new node must not take: a node's output renamed to ``bn_output`` holds "bn"
+        self._names_held_by_outputs: set[str] = set()
 
     # --- queries ------------------------------------------------------------------------
 
@@ -237,11 +239,14 @@ class Graph:
         return order
 
     def unique_name(self, base: str) -> str:
-        if base not in self.nx:
+        """``base``, else ``base_1``, ``base_2``...: a name no node has, and whose outputs would
+        not be named as a renamed output already is."""
+        held = self._names_held_by_outputs
+        if base not in self.nx and base not in held:
             return base
         for i in itertools.count(1):
             candidate = f"{base}_{i}"
-            if candidate not in self.nx:
+            if candidate not in self.nx and candidate not in held:
                 return candidate
         raise AssertionError("unreachable")
 
@@ -344,6 +349,7 @@ class Graph:
         node = self.node(tensor.node)
         old = node.output_names or default_output_names(node.name, node.op, node.num_outputs)
         node.output_names = [name if i == tensor.index else n for i, n in enumerate(old)]
+        self._names_held_by_outputs.add(name.rpartition("_output")[0] or name)
         self._record(lambda: setattr(node, "output_names", old))
 
     def set_provenance(self, name: str, rule: str | None, origin: Iterable[str]) -> None:
@@ -469,6 +475,7 @@ class Graph:
         other.output_labels = list(self.output_labels)
         other.source = dict(self.source)
         other._seq = itertools.count(max((n.seq for n in self._iter_unordered()), default=-1) + 1)
+        other._names_held_by_outputs = set(self._names_held_by_outputs)
         return other
 
     def _iter_unordered(self) -> Iterator[Node]:
