@@ -69,6 +69,7 @@ class ConvertContext:
         self._constants: dict[tuple, str] = {}
         self._renamed: dict[Tensor, str] = {}
         self._batch_size: str | None = None
+        self._inputs_with_shapes: list[Node] | None = None
         self.current: Node | None = None
 
     # --- reading the MXNet node -------------------------------------------------------------
@@ -181,9 +182,7 @@ class ConvertContext:
         """A 1-D int64 ONNX value ``[N]``: axis 0 of the first graph input at run time (the
         batch size of a dynamic-batch export)."""
         if self._batch_size is None:
-            live = self.graph.live_nodes()
-            source = next((n for n in self.graph.variables("input")
-                           if n.name in live and n.outputs[0].shape), None)
+            source = next(iter(self._shaped_inputs()), None)
             if source is None:
                 raise Unsupported("the batch size is needed, but the graph has no input with a shape")
             saved, self.current = self.current, None
@@ -228,13 +227,20 @@ class ConvertContext:
     def _export_batch(self) -> int:
         """Axis 0 of the inputs at export; refused when the inputs disagree on it (which one a
         size follows is then unknown)."""
-        live = self.graph.live_nodes()
-        sizes = {n.outputs[0].shape[0] for n in self.graph.variables("input")
-                 if n.name in live and n.outputs[0].shape}
+        sizes = {n.outputs[0].shape[0] for n in self._shaped_inputs()}
         if len(sizes) != 1:
             raise Unsupported(f"the inputs' axis 0 sizes differ ({sorted(sizes)}), so which one "
                               "its output's size follows is unknown; export with dynamic_batch=False")
         return sizes.pop()
+
+    def _shaped_inputs(self) -> list[Node]:
+        """The graph inputs the outputs depend on and whose shape is known, in input order
+        (found once: a whole-graph walk per created tensor made the export quadratic)."""
+        if self._inputs_with_shapes is None:
+            live = self.graph.live_nodes()
+            self._inputs_with_shapes = [n for n in self.graph.variables("input")
+                                        if n.name in live and n.outputs[0].shape]
+        return self._inputs_with_shapes
 
     def alias(self, tensor: Tensor, name: str) -> None:
         """Let later readers of ``tensor`` read ONNX value ``name`` (for no-op converters)."""
