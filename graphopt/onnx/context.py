@@ -70,6 +70,7 @@ class ConvertContext:
         self._renamed: dict[Tensor, str] = {}
         self._batch_size: str | None = None
         self._inputs_with_shapes: list[Node] | None = None
+        self._other_batch_shapes: dict[Tensor, tuple | None] | None = None
         self.current: Node | None = None
 
     # --- reading the MXNet node -------------------------------------------------------------
@@ -177,6 +178,21 @@ class ConvertContext:
         return self.constant(np.asarray(list(values), dtype=np.int64), hint=hint)
 
     # --- the dynamic batch ------------------------------------------------------------------
+
+    @property
+    def other_batch_shapes(self) -> dict[Tensor, tuple | None]:
+        """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference), which
+        tells the axes that follow the batch; empty for a static export or a model that only
+        runs at its own batch size. A control-flow body is given its own (its sources')."""
+        if self._other_batch_shapes is None:
+            from graphopt.mxnet_io.infer import shapes_at_twice_the_batch
+            twice = shapes_at_twice_the_batch(self.graph) if self.dynamic_batch else None
+            self._other_batch_shapes = twice or {}
+        return self._other_batch_shapes
+
+    @other_batch_shapes.setter
+    def other_batch_shapes(self, shapes: dict[Tensor, tuple | None]) -> None:
+        self._other_batch_shapes = shapes
 
     def batch_size(self) -> str:
         """A 1-D int64 ONNX value ``[N]``: axis 0 of the first graph input at run time (the

@@ -47,8 +47,7 @@ from graphopt.onnx.context import (ConvertContext, Unsupported, convert_graph, c
                                    needed_nodes, onnx_dtype)
 # The body's shapes at another batch size are those of its sources, not what doubling axis 0
 # of every body input would give (a parameter or a loop counter does not follow the batch).
-from graphopt.onnx.converters.tensor import (_OTHER_BATCH_SHAPES, _shapes_at_another_batch,
-                                             batch_axes)
+from graphopt.onnx.converters.tensor import batch_axes
 
 
 class BodyContext(ConvertContext):
@@ -87,7 +86,7 @@ def outer_binding(ctx: ConvertContext, node: Node, slot: int) -> Binding:
     source = ctx.source(node, slot)
     producer = ctx.graph.node(source.node)
     tensor_type = ctx.graph.tensor_type(source)
-    other = _shapes_at_another_batch(ctx).get(source)
+    other = ctx.other_batch_shapes.get(source)
     value = ctx.graph.params[producer.name] if producer.kind in ("param", "aux") else None
     return Binding(ctx.value_name(source), tensor_type, value, other)
 
@@ -162,7 +161,7 @@ def convert_body(ctx: ConvertContext, node: Node, index: int, label: str,
     (the model's, in the end)."""
     graph, variables = load_body(ctx.graph, node, index, label, bindings)
     body = BodyContext(ctx, graph)
-    _OTHER_BATCH_SHAPES[body] = _body_shapes_at_another_batch(graph, variables, bindings)
+    body.other_batch_shapes = _body_shapes_at_another_batch(graph, variables, bindings)
     for name, binding in zip(variables, bindings):
         if binding.value is None and not binding.formal:
             body.alias(Tensor(name, 0), binding.name)
@@ -274,7 +273,7 @@ def complete_loop_shapes(ctx: ConvertContext) -> None:
         return  # the while loop's converter says why
     ctx.graph = completed
     if ctx.dynamic_batch:
-        _OTHER_BATCH_SHAPES[ctx] = _shapes_of(graph, {
+        ctx.other_batch_shapes = _shapes_of(graph, {
             name: (2 * shape[0], *shape[1:]) for name, shape in inputs.items()})
 
 
@@ -433,7 +432,7 @@ def pad_rows(ctx: ConvertContext, steps: str, output: Tensor) -> None:
     shape = ctx.graph.tensor_type(output).shape
     dynamic = batch_axes(ctx, output)
     if dynamic:
-        full = ctx.runtime_shape(output, dynamic, _shapes_at_another_batch(ctx).get(output))
+        full = ctx.runtime_shape(output, dynamic, ctx.other_batch_shapes.get(output))
         step_shape = ctx.emit1("Slice", [full, ctx.int64s([1]), ctx.int64s([len(shape)])])
         target = ctx.emit1("Concat", [ctx.int64s([-1]), step_shape], axis=0)
     else:

@@ -11,7 +11,6 @@ or a ``Shape``/``Gather`` of a tensor that has them). See :func:`batch_axes`.
 
 from __future__ import annotations
 
-import weakref
 from typing import Sequence
 
 import numpy as np
@@ -25,18 +24,6 @@ INT64_MIN = np.iinfo(np.int64).min
 
 # --- shapes and the dynamic batch -------------------------------------------------------------
 
-_OTHER_BATCH_SHAPES: "weakref.WeakKeyDictionary[ConvertContext, dict]" = weakref.WeakKeyDictionary()
-
-
-def _shapes_at_another_batch(ctx: ConvertContext) -> dict[Tensor, tuple | None]:
-    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference); empty
-    for a static export or a model that only runs at its own batch size."""
-    if ctx not in _OTHER_BATCH_SHAPES:
-        from graphopt.mxnet_io.infer import shapes_at_twice_the_batch
-        twice = shapes_at_twice_the_batch(ctx.graph) if ctx.dynamic_batch else None
-        _OTHER_BATCH_SHAPES[ctx] = twice or {}
-    return _OTHER_BATCH_SHAPES[ctx]
-
 
 def batch_axes(ctx: ConvertContext, tensor: Tensor) -> frozenset[int]:
     """Axes of ``tensor`` whose size follows the batch size of a dynamic-batch export.
@@ -45,7 +32,7 @@ def batch_axes(ctx: ConvertContext, tensor: Tensor) -> frozenset[int]:
     and see which axes change. Empty for a static export or a model that only runs at its own
     batch size."""
     shape = ctx.graph.tensor_type(tensor).shape
-    other = _shapes_at_another_batch(ctx).get(tensor)
+    other = ctx.other_batch_shapes.get(tensor)
     if shape is None or other is None or len(other) != len(shape):
         return frozenset()
     return frozenset(i for i, (a, b) in enumerate(zip(shape, other)) if a != b)
@@ -655,7 +642,7 @@ def created_shape(ctx: ConvertContext, node: Node, index: int = 0) -> str:
     tensor = Tensor(node.name, index)
     output_shape(ctx, node, index)  # (refuses an unknown shape)
     return ctx.runtime_shape(tensor, output_batch_axes(ctx, node, index),
-                             _shapes_at_another_batch(ctx).get(tensor))
+                             ctx.other_batch_shapes.get(tensor))
 
 
 @converter("_zeros", "_zeros_without_dtype")
