@@ -141,6 +141,9 @@ class Graph:
         self._journal: list[Callable[[], None]] | None = None
         # names a new node must not take: a node's output renamed to ``bn_output`` holds "bn"
         self._names_held_by_outputs: set[str] = set()
+        # what is computed from the structure and attributes (the MXNet symbol), dropped by
+        # every edit and every rollback
+        self.derived: dict[str, Any] = {}
 
     # --- queries ------------------------------------------------------------------------
 
@@ -261,6 +264,7 @@ class Graph:
     def rollback(self, mark: int) -> None:
         """Undo every edit made since ``mark``, newest first."""
         journal = self._journal or []
+        self.derived.clear()
         saved, self._journal = self._journal, None  # undo steps are not themselves journaled
         try:
             while len(journal) > mark:
@@ -272,6 +276,7 @@ class Graph:
         self._journal = None
 
     def _record(self, undo: Callable[[], None]) -> None:
+        self.derived.clear()
         if self._journal is not None:
             self._journal.append(undo)
 
@@ -476,6 +481,7 @@ class Graph:
         other.source = dict(self.source)
         other._seq = itertools.count(max((n.seq for n in self._iter_unordered()), default=-1) + 1)
         other._names_held_by_outputs = set(self._names_held_by_outputs)
+        other.derived = dict(self.derived)  # the same structure: the same symbol
         return other
 
     def _iter_unordered(self) -> Iterator[Node]:

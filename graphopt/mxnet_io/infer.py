@@ -21,8 +21,15 @@ _OPERATOR_IN_ERROR = re.compile(r"Error in operator ([^:\s]+)")
 
 
 def to_symbol(graph: Graph) -> mx.sym.Symbol:
-    # Compact JSON: with ``indent`` json.dumps falls back to its pure-Python encoder (~5x slower).
-    return mx.sym.load_json(json.dumps(graph_to_dict(graph), ensure_ascii=False))
+    """The graph as an MXNet symbol, built once until the graph is next edited (the ONNX
+    export's batch analysis, compare and the rule engine's checks all ask for it)."""
+    symbol = graph.derived.get("mxnet_symbol")
+    if symbol is None:
+        # Compact JSON: with ``indent`` json.dumps falls back to its pure-Python encoder (~5x
+        # slower).
+        symbol = mx.sym.load_json(json.dumps(graph_to_dict(graph), ensure_ascii=False))
+        graph.derived["mxnet_symbol"] = symbol
+    return symbol
 
 
 def first_error_line(error: Exception) -> str:
@@ -57,7 +64,7 @@ def needs_numpy_shapes(shapes, graph: Graph | None = None) -> bool:
     if mx.util.is_np_array() or any(len(shape) == 0 or 0 in shape for shape in shapes):
         return True  # (with the NumPy interface on, MXNet refuses to turn its shapes off)
     return graph is not None and any(node.op.startswith(NUMPY_OP_PREFIXES)
-                                     for node in graph.op_nodes())
+                                     for node in graph._iter_unordered())  # (no sort needed)
 
 
 def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
@@ -68,6 +75,24 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
     (the loader passes the one it parsed). Raises :class:`ShapeError` or
     :class:`ParameterError` with the node."""
     input_shapes = dict(input_shapes or {})
+    heads, out_shapes, out_types = _inferred(graph, input_shapes, input_dtypes, symbol)
+    counts: dict[str, int] = {}
+    for name, index in heads:
+        counts[name] = max(counts.get(name, 0), index + 1)
+    for (name, index), shape, dtype in zip(heads, out_shapes, out_types):
+        node = graph.node(name)
+        if len(node.outputs) != counts[name]:
+            node.outputs = [TensorType() for _ in range(counts[name])]
+        node.outputs[index] = TensorType(shape, None if dtype is None else np.dtype(dtype).name)
+    for name, shape in input_shapes.items():
+        if name in graph and graph.node(name).kind == "input" and graph.node(name).shape is None:
+            graph.node(name).outputs[0] = TensorType(tuple(shape), graph.node(name).dtype)
+
+
+def _inferred(graph: Graph, input_shapes: dict[str, tuple], input_dtypes: dict[str, str] | None,
+              symbol: mx.sym.Symbol | None, types: bool = True) -> tuple[list, list, list]:
+    """MXNet's inference over the graph as it is, changing nothing: the (node, index) of every
+    op output and variable, its shape (None when unknown) and, with ``types``, its dtype."""
     input_dtypes = dict(input_dtypes or {})
     file = graph.source.get("symbol")
     symbol = symbol if symbol is not None else to_symbol(graph)
@@ -100,40 +125,30 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, tuple] | None = None,
                                      numpy_semantics)
     if mismatch is not None:
         raise mismatch
-    try:
-        _, out_types, _ = internals.infer_type_partial(**dtypes)
-    except mx.MXNetError as error:
-        raise _error_at(ShapeError, graph, error, "dtype inference failed", file) from None
-
-    counts: dict[str, int] = {}
-    for name, index in heads:
-        counts[name] = max(counts.get(name, 0), index + 1)
-    for (name, index), shape, dtype in zip(heads, out_shapes, out_types):
-        node = graph.node(name)
-        if len(node.outputs) != counts[name]:
-            node.outputs = [TensorType() for _ in range(counts[name])]
-        node.outputs[index] = TensorType(known_shape(shape, numpy_semantics),
-                                         None if dtype is None else np.dtype(dtype).name)
-    for name, shape in input_shapes.items():
-        if name in graph and graph.node(name).kind == "input" and graph.node(name).shape is None:
-            graph.node(name).outputs[0] = TensorType(tuple(shape), graph.node(name).dtype)
+    out_types = [None] * len(heads)
+    if types:
+        try:
+            _, out_types, _ = internals.infer_type_partial(**dtypes)
+        except mx.MXNetError as error:
+            raise _error_at(ShapeError, graph, error, "dtype inference failed", file) from None
+    return heads, [known_shape(shape, numpy_semantics) for shape in out_shapes], out_types
 
 
 def shapes_at_twice_the_batch(graph: Graph) -> dict[Tensor, tuple | None] | None:
-    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference, on a
-    copy), which tells the axes that follow the batch; ``None`` when the graph has no input
-    with a shape or does not run at twice its batch (axis 0 is then no batch). Twice, not
-    another size: a size that divides the loaded one divides this one too."""
+    """Every tensor's shape when axis 0 of every input is doubled (MXNet's inference; the graph
+    is left as it is), which tells the axes that follow the batch; ``None`` when the graph has
+    no input with a shape or does not run at twice its batch (axis 0 is then no batch). Twice,
+    not another size: a size that divides the loaded one divides this one too."""
     inputs = {node.name: node.shape for node in graph.variables("input") if node.shape}
     if not inputs:
         return None
-    other = graph.copy()
     try:
-        infer_shapes(other, {name: (2 * shape[0], *shape[1:]) for name, shape in inputs.items()})
+        heads, shapes, _ = _inferred(graph, {name: (2 * shape[0], *shape[1:])
+                                             for name, shape in inputs.items()}, None, None,
+                                     types=False)
     except GraphoptError:
         return None
-    return {Tensor(name, index): tensor_type.shape
-            for name in other.nx for index, tensor_type in enumerate(other.node(name).outputs)}
+    return {Tensor(name, index): shape for (name, index), shape in zip(heads, shapes)}
 
 
 def _error_at(kind, graph: Graph, error: Exception, what: str, file):

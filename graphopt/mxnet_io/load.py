@@ -234,6 +234,8 @@ def load(symbol_json_path: str | os.PathLike, params_path: str | os.PathLike | N
     graph.source["unused_params"] = sorted(set(values) - set(variable_names))
     # the symbol MXNet parsed from the file is this graph, unless names had to change on loading
     infer_shapes(graph, symbol=symbol if graph.source.get("names_as_loaded") else None)
+    if graph.source.get("names_as_loaded"):
+        graph.derived["mxnet_symbol"] = symbol
     assign_output_names(graph)
     graph.output_labels = [graph.tensor_name(t) for t in graph.outputs]
     return graph
