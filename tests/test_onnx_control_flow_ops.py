@@ -112,6 +112,21 @@ def test_foreach_over_several_sequences_with_a_1d_one(tmp_path, rng):
     assert all("Scan" in op_types(m.graph) for m in models.values())
 
 
+def test_foreach_of_a_float64_model_with_ops_onnxruntime_runs_in_float32(tmp_path, rng):
+    """onnxruntime has no double Softplus or LeakyRelu: inside a Scan body too, they compute in
+    float32 between Casts (the model would not load otherwise)."""
+    F = mx.sym
+    x, s = F.var("x", dtype="float64"), F.var("s", dtype="float64")
+    outputs, states = F.contrib.foreach(
+        lambda x_t, st: (F.Activation(x_t, act_type="softrelu"),
+                         [F.LeakyReLU(st[0] + x_t, slope=0.1)]), x, [s])
+    inputs = {"x": rng.uniform(-1, 1, (4, 2, 3)), "s": rng.uniform(-1, 1, (2, 3))}
+    models = check(F.Group([outputs] + states), tmp_path, inputs, opsets=OPSETS, full_check=False)
+    for model in models.values():
+        body = next(n for n in model.graph.node if n.op_type == "Scan").attribute[0].g
+        assert "Cast" in op_types(body)
+
+
 # --- while_loop -> Loop -------------------------------------------------------------------------
 
 MAX_ITERATIONS = 5

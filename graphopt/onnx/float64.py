@@ -27,12 +27,12 @@ NO_DOUBLE_KERNEL = frozenset({
 
 def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
     """Rewrite ``model`` in place so that every node of :data:`NO_DOUBLE_KERNEL` reading a
-    double tensor computes in float32 between Casts."""
+    double tensor computes in float32 between Casts, in the bodies of Scan/Loop/If too."""
     if not _may_hold_doubles(model) or not any(node.op_type in NO_DOUBLE_KERNEL
-                                               for node in model.graph.node):
+                                               for node in _all_nodes(model.graph)):
         return
     types = _value_types(model)
-    taken = set(types) | {value for node in model.graph.node
+    taken = set(types) | {value for node in _all_nodes(model.graph)
                           for value in (*node.input, *node.output)}
 
     def fresh(base: str) -> str:
@@ -43,8 +43,14 @@ def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
         taken.add(name)
         return name
 
+    _rewrite(model.graph, types, fresh)
+
+
+def _rewrite(graph: onnx.GraphProto, types: dict[str, int], fresh) -> None:
     nodes = []
-    for node in model.graph.node:
+    for node in graph.node:
+        for body in _bodies(node):
+            _rewrite(body, types, fresh)
         if node.op_type not in NO_DOUBLE_KERNEL or not any(
                 types.get(value) == TensorProto.DOUBLE for value in node.input):
             nodes.append(node)
@@ -63,8 +69,26 @@ def run_double_ops_in_float32(model: onnx.ModelProto) -> None:
                                                    name=fresh(f"{node.name}__to_float64"),
                                                    to=TensorProto.DOUBLE))
         nodes += [node, *casts_back]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs of a Scan, Loop or If node."""
+    bodies = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            bodies.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            bodies.extend(attribute.graphs)
+    return bodies
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for body in _bodies(node):
+            yield from _all_nodes(body)
 
 
 def _may_hold_doubles(model: onnx.ModelProto) -> bool:
@@ -94,5 +118,15 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
         inferred = onnx.shape_inference.infer_shapes(skeleton).graph
     except onnx.shape_inference.InferenceError:  # untyped: left as it is, onnxruntime will say
         return {}
-    return {value.name: value.type.tensor_type.elem_type
-            for value in (*inferred.input, *inferred.value_info, *inferred.output)}
+    return _types_in(inferred)
+
+
+def _types_in(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of every value of ``graph`` and of its nodes' bodies (whose value names are
+    unique in the model: the converters prefix them with the node and body)."""
+    types = {value.name: value.type.tensor_type.elem_type
+             for value in (*graph.input, *graph.value_info, *graph.output)}
+    for node in graph.node:
+        for body in _bodies(node):
+            types.update(_types_in(body))
+    return types
