@@ -135,13 +135,16 @@ def _without_shared_copies(keys: list[str], stored: dict[str, np.ndarray], wante
         if digest in seen:
             copies.append(key)
         seen.add(digest)
+    if not copies:
+        return keys  # more parameters than the graph uses, none shared: counted by the caller
     if len(copies) != excess:
         raise ParameterError(
             f"the file has {len(keys)} '{suffix}' parameters for {wanted} in the graph, and "
             f"{len(copies)} of them equal another, so which are the copies of shared parameters "
             f"cannot be told; save the model with export(), or save_parameters(..., "
             f"deduplicate=True)", file=file)
-    return [key for key in keys if key not in set(copies)]
+    copied = set(copies)
+    return [key for key in keys if key not in copied]
 
 
 def _creation_order(names: list[str], suffix: str) -> list[str]:
