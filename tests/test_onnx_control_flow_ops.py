@@ -232,6 +232,18 @@ def test_cond_takes_either_branch_from_the_data(rng):
     assert all("If" in op_types(m.graph) for m in models.values())
 
 
+def test_cond_whose_branches_give_other_shapes_is_refused_with_both_shapes(tmp_path):
+    """MXNet runs it ((3,) one way, (2,) the other); an export with the then branch's shape
+    would declare a wrong type and break any reshape after it."""
+    F = mx.sym
+    x = F.var("x")
+    symbol = F.contrib.cond(F.sum(x) > 0, lambda: F.sum(x, axis=0), lambda: F.sum(x, axis=1))
+    (tmp_path / "c-symbol.json").write_text(symbol.tojson())
+    graph = graphopt.load(tmp_path / "c-symbol.json", None, inputs={"x": (2, 3)})
+    with pytest.raises(graphopt.UnsupportedOpError, match=r"different shapes.*\(3,\).*\(2,\)"):
+        graphopt.to_onnx(graph)
+
+
 # --- nested control flow ----------------------------------------------------------------------
 # A cond inside a foreach body is not nested here: MXNet 1.9.1 cannot run it as a symbol
 # (the foreach's shape inference fails on the cond inside: "Operator _foreach inferring shapes

@@ -203,7 +203,7 @@ def infer_with_loops(graph: Graph, input_shapes: dict, input_dtypes: dict | None
     inference gives up; at run time the executor sizes them). They are known all the same: a
     while loop's step outputs have ``max_iterations`` rows of its func body's step shape, its
     final loop variables the shapes of the initial ones; a cond's outputs have the shapes of its
-    then branch's. Inference then goes on with MXNet from a copy of the graph where variables of
+    branches (refused when they differ). Inference then goes on with MXNet from a copy of the graph where variables of
     those shapes stand in for their outputs."""
     infer_shapes(graph, input_shapes, input_dtypes)
     while True:
@@ -251,10 +251,18 @@ def while_loop_output_types(graph: Graph, node: Node) -> list[TensorType]:
             for index, t in enumerate(types)]
 
 
-BODY_OUTPUT_TYPES = {
-    "_while_loop": while_loop_output_types,
-    "_cond": lambda graph, node: body_output_types(graph, node, 1, "then_input_locs"),
-}
+def cond_output_types(graph: Graph, node: Node) -> list[TensorType]:
+    """The then branch's output types, which must be the else branch's: a cond whose branches
+    give other shapes has no static shape, which the converters need."""
+    then = body_output_types(graph, node, 1, "then_input_locs")
+    otherwise = body_output_types(graph, node, 2, "else_input_locs")
+    if [(t.shape, t.dtype) for t in then] != [(t.shape, t.dtype) for t in otherwise]:
+        raise Unsupported(f"the branches of {node.name} return different shapes or dtypes "
+                          f"({[t.shape for t in then]} then, {[t.shape for t in otherwise]} else)")
+    return then
+
+
+BODY_OUTPUT_TYPES = {"_while_loop": while_loop_output_types, "_cond": cond_output_types}
 
 
 def complete_loop_shapes(ctx: ConvertContext) -> None:
@@ -450,6 +458,9 @@ def pad_rows(ctx: ConvertContext, steps: str, output: Tensor) -> None:
 @converter("_cond")
 def cond(ctx: ConvertContext, node: Node) -> None:
     """If on the predicate body's value; the branches read their inputs from the graph around."""
+    if not all(t.known for t in node.outputs):
+        cond_output_types(ctx.graph, node)  # says why when the branches disagree
+        raise Unsupported("the shapes of its outputs are unknown")
     locs = [locations(node, key) for key in ("cond_input_locs", "then_input_locs",
                                              "else_input_locs")]
     outer = {slot: outer_binding(ctx, node, slot) for slot in sorted(set(sum(locs, [])))}
