@@ -51,6 +51,7 @@ from graphopt.ir.graph import Graph, Node, Tensor, default_output_names, unique_
 from graphopt.mxnet_io.symbol_json import format_attrs
 from graphopt.runtime import (MXNetModel, inferred_dtypes, load_onnx, onnx_session, random_input,
                               run_onnx)
+from graphopt.schema import attr_or_default
 
 DEFAULT_MEMORY_BUDGET = 256 << 20
 """Bytes of intermediate tensors fetched from each runtime at once by ``per_layer``."""
@@ -294,6 +295,31 @@ def compare_tensors(name: str, reference: np.ndarray, actual: np.ndarray, rtol: 
         note="; ".join(notes) or None)
 
 
+def _compare_defined(graph: Graph, tensor: Tensor | None, name: str, reference: np.ndarray,
+                     actual: np.ndarray, rtol: float, atol: float,
+                     with_top1: bool = False) -> TensorComparison:
+    """:func:`compare_tensors` on the part of the tensor MXNet defines. A ``_while_loop``'s step
+    outputs have ``max_iterations`` rows, and MXNet never writes those after the last step it
+    ran (they hold whatever the memory held); the ONNX export writes zero rows there. So only
+    the rows before the ONNX output's trailing zero rows are compared."""
+    node = graph.node(tensor.node) if tensor is not None and tensor.node in graph else None
+    if node is None or node.op != "_while_loop" or tensor.index >= int(
+            attr_or_default(node.op, node.attrs, "num_out_data")) or np.ndim(actual) == 0 \
+            or np.shape(reference) != np.shape(actual):
+        return compare_tensors(name, reference, actual, rtol, atol, with_top1)
+    rows = len(actual)
+    written = rows
+    while written and not np.any(actual[written - 1]):
+        written -= 1
+    comparison = compare_tensors(name, reference[:written], actual[:written], rtol, atol,
+                                 with_top1)
+    comparison.shape = comparison.onnx_shape = tuple(np.shape(actual))
+    comparison.note = "; ".join(filter(None, [comparison.note, (
+        f"rows {written}..{rows - 1} not compared: a while loop's step outputs after its last "
+        "step are undefined in MXNet") if written < rows else None]))
+    return comparison
+
+
 def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
     """max |actual - reference| / max |reference|, the figure tolerances are stated in
     (infinite for a shape mismatch, or NaN/infinity on one side only)."""
@@ -472,7 +498,9 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
     seconds["onnxruntime"] = time.perf_counter() - started
 
     pairs, missing, note = _pair_outputs(list(reference), list(actual))
-    outputs = [compare_tensors(name, reference[name], actual[onnx_name], rtol, atol, with_top1=True)
+    by_name = dict(zip(unique_output_names(graph.output_names), graph.outputs))
+    outputs = [_compare_defined(graph, by_name.get(name), name, reference[name], actual[onnx_name],
+                                rtol, atol, with_top1=True)
                for name, onnx_name in pairs]
     for comparison, (name, onnx_name) in zip(outputs, pairs):
         if onnx_name != name:
@@ -524,8 +552,9 @@ def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel
     report.unmatched_mxnet = [{"tensor": name, **_where(graph, producers.get(name))}
                               for name in order if name not in onnx_producers]
     named = set(order) | set(unique_output_names(graph.output_names))  # (x_1: a repeated output)
-    report.unmatched_onnx = [value for value in onnx_producers
-                             if value not in named and (_MXNET_OUTPUT_NAME.search(value)
+    report.unmatched_onnx = [value for value in onnx_producers  # ("a/b/..": inside a loop's body)
+                             if value not in named and "/" not in value
+                             and (_MXNET_OUTPUT_NAME.search(value)
                                                         or value in _onnx_outputs(model))]
     # the ONNX model's own types first: declaring the IR's type for a value that the ONNX
     # computes in another type would make onnxruntime refuse the model
@@ -537,8 +566,8 @@ def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel
         reference = {name: reference.pop(in_mxnet_as[name]) for name in group}
         actual = run_onnx(model, arrays, outputs=group, threads=threads, dtypes=dtypes)
         for name in group:
-            comparison = compare_tensors(name, reference.pop(name), actual.pop(name),
-                                         report.rtol, report.atol)
+            comparison = _compare_defined(graph, producers.get(name), name, reference.pop(name),
+                                          actual.pop(name), report.rtol, report.atol)
             where = _where(graph, producers.get(name))
             comparison.node, comparison.op = where["node"], where["op"]
             report.layers.append(comparison)

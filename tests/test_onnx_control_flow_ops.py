@@ -190,6 +190,28 @@ def test_while_loop_with_data_dependent_iteration_count(rng):
                 assert not got[index][executed:].any(), "rows after the last step are zeros"
 
 
+def test_compare_checks_only_the_rows_a_while_loop_defines(rng):
+    """graphopt compare on a while loop that stops before max_iterations: the rows MXNet never
+    writes (garbage, different from run to run) are not compared and the report says so; the
+    defined rows and everything else are, per layer too."""
+    x = np.where(np.arange(6).reshape(2, 3) < 2, 1.0, -1.0).astype(np.float32)  # two steps
+    block = WhileLoopModel()
+    graph = export(block, {"x": x})
+    model = graphopt.to_onnx(graph)
+    for _ in range(3):
+        report = graphopt.compare(graph, None, model, inputs={"x": x}, per_layer=True)
+        assert report.ok and report.first_divergent is None, report.format()
+        assert "not compared" in report.outputs[0].note and report.outputs[0].shape[0] == \
+            MAX_ITERATIONS
+        assert report.unmatched_onnx == []
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    first = broken.graph.output[0].name
+    broken.graph.node.append(onnx.helper.make_node("Neg", [first], [first + "_neg"]))
+    broken.graph.output[0].name = first + "_neg"  # a defined row now differs
+    assert not graphopt.compare(graph, None, broken, inputs={"x": x}).ok
+
+
 def test_while_loop_that_runs_no_step(rng):
     """Zero steps: MXNet's step outputs then have no shape at all (asnumpy fails), its final
     loop variables are the initial ones; the export gives the same finals and zero rows."""
