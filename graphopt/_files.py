@@ -53,7 +53,11 @@ def _replace_all(temps: list[Path], finals: list[Path]) -> None:
     backups: dict[Path, Path | None] = {}  # final -> its old contents (None: it did not exist)
     try:
         for final in finals:
-            backups[final] = _keep_aside(final)
+            try:
+                backups[final] = _keep_aside(final)
+            except OSError as error:
+                raise ModelFileError(f"cannot keep the old file aside: {error.strerror}; nothing "
+                                     "was changed", file=str(final)) from None
         done: list[Path] = []
         for temp, final in zip(temps, finals):
             try:
@@ -84,7 +88,11 @@ def _keep_aside(final: Path) -> Path | None:
     try:
         os.link(final, backup)
     except OSError:  # a filesystem without hard links
-        shutil.copy2(final, backup)
+        try:
+            shutil.copy2(final, backup)
+        except OSError:
+            backup.unlink(missing_ok=True)
+            raise
     return backup
 
 
