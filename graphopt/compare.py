@@ -220,7 +220,9 @@ class CompareReport:
         if self.unmatched_mxnet:
             shown = ", ".join(f"{u['tensor']} ({u['op']})" for u in self.unmatched_mxnet[:8])
             more = len(self.unmatched_mxnet) - 8
-            lines.append(f"  MXNet-only: {shown}" + (f" and {more} more" if more > 0 else ""))
+            lines.append("  MXNet-only (no ONNX value of that name: folded into the next layer, "
+                         "fused or renamed by the exporter):")
+            lines.append(f"    {shown}" + (f" and {more} more" if more > 0 else ""))
         if self.unmatched_onnx:
             more = len(self.unmatched_onnx) - 8
             lines.append(f"  ONNX-only: {', '.join(self.unmatched_onnx[:8])}"

@@ -89,10 +89,12 @@ def demo_one(model: str, x: np.ndarray, labels: np.ndarray) -> list[str]:
         from graphopt.onnx import to_onnx
         onnx_path = folder / f"{graph.name}.onnx"
         to_onnx(optimized, path=onnx_path)
+        # the original model against the optimized ONNX, layer by layer: a conv with its
+        # BatchNorm folded in is paired with the BatchNorm it now computes
         comparison = compare(symbol_path, params_path, onnx_path, data={"data": x},
-                             per_layer=False)
+                             per_layer=True)
         print(comparison.format())
-        if not comparison.ok:
+        if not comparison.ok or comparison.first_divergent is not None:
             failures.append(f"{graph.name}: onnx comparison")
     return failures
 
