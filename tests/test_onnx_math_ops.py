@@ -692,3 +692,96 @@ def test_numpy_interface_reshape_to_a_zero_size_axis_needs_opset_14(tmp_path):
     check(symbol, tmp_path, inputs, opsets=(14, 17))
     with pytest.raises(UnsupportedOpError, match="opset 14"):
         check(symbol, tmp_path, inputs, opsets=(13,))
+
+
+def positive_integers_and_floats(batch):
+    return {"x": RNG.integers(1, 9, (batch, 3)).astype("int32"), "y": uniform(0.2, 0.9, batch, 3)}
+
+
+def test_numpy_interface_more_functions_keep_mxnet_dtypes(tmp_path):
+    """MXNet 1.9.1 keeps an integer input's dtype for these (log10 of int32 is int32, computed
+    in float and truncated); logical_not gives bool."""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        np_.log10(b), np_.log2(a), np_.log1p(b), np_.expm1(b), np_.tan(b), np_.sinh(a),
+        np_.cosh(b), np_.arcsin(b), np_.arccos(b), np_.arctan(a), np_.arcsinh(b),
+        np_.arccosh(b + 1), np_.arctanh(b), np_.cbrt(a), np_.rint(b * 4), np_.trunc(b * 4 - 2),
+        np_.fix(a), np_.degrees(b), np_.radians(a), np_.logical_not(a - 2), np_.logical_not(b)])
+    check(symbol, tmp_path, positive_integers_and_floats(2), other_batch=positive_integers_and_floats(3))
+
+
+def test_numpy_interface_nan_inf_tests_and_nan_to_num(tmp_path):
+    def build(np_, npx, a, b):
+        c = np_.log(b)  # NaN for b < 0, -inf for b == 0, +inf after 1 / 0
+        special = np_.concatenate([c, 1 / b], axis=1)
+        return [np_.isnan(special), np_.isinf(special), np_.isposinf(special),
+                np_.isneginf(special), np_.isfinite(special), np_.isnan(a), np_.isfinite(a),
+                np_.nan_to_num(special), np_.nan_to_num(special, nan=1.5, posinf=9.0, neginf=-9.0),
+                np_.nan_to_num(a)]
+
+    def inputs(batch):
+        y = uniform(-1, 1, batch, 3)
+        y[0, 0] = 0.0
+        return {"x": RNG.integers(-4, 5, (batch, 3)).astype("int32"), "y": y}
+    check(numpy_symbol(build), tmp_path, inputs(2), other_batch=inputs(3))
+
+
+def test_numpy_interface_around_rounds_half_to_even(tmp_path):
+    """MXNet's around scales by 10 step by step and rounds ties to even (0.5 -> 0, 2.5 -> 2)."""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        np_.around(b), np_.around(b, 1), np_.around(b * 100, -1), np_.around(a), np_.round(b, 2)])
+
+    def inputs(batch):
+        ties = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.25, 1.35, 15.0, 25.0], np.float32)
+        y = np.concatenate([ties, uniform(-30, 30, batch * 3 - 9 + 9)])[:batch * 3]
+        return {"x": RNG.integers(-9, 9, (batch, 3)).astype("int32"), "y": y.reshape(batch, 3)}
+    check(symbol, tmp_path, inputs(3), other_batch=inputs(4))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "int8", "uint8", "bool"])
+def test_numpy_interface_bitwise_not(dtype, tmp_path):
+    symbol = numpy_symbol(lambda np_, npx, a, b: [np_.bitwise_not(a), np_.invert(a)])
+    values = lambda batch: {"x": RNG.integers(0 if dtype in ("uint8", "bool") else -100,
+                                              2 if dtype == "bool" else 100, (batch, 3)).astype(dtype)}
+    check(symbol, tmp_path, values(2), other_batch=values(3))
+
+
+def test_numpy_interface_layout_ops(tmp_path):
+    def build(np_, npx, a, b):
+        c = np_.reshape(b, (-1, 2, 3))
+        return [np_.moveaxis(c, 0, -1), np_.moveaxis(c, (0, 2), (2, 0)), np_.flip(c, 1),
+                np_.flip(c, (0, 2)), *np_.hsplit(c, 2), np_.roll(c, 1, axis=2),
+                np_.roll(c, (1, -1), axis=(1, 2)), np_.tril(c), np_.tril(c, -1), np_.tril(b, 2),
+                np_.pad(c, ((0, 0), (1, 2), (2, 1))), np_.pad(c, ((0, 0), (1, 1), (0, 2)), mode="edge"),
+                np_.pad(c, ((0, 0), (1, 1), (2, 2)), mode="reflect"),
+                np_.pad(a, ((1, 0), (0, 1)), constant_values=7), *np_.atleast_2d(b, c),
+                *np_.atleast_3d(b, c)]
+    inputs = lambda batch: {"x": RNG.integers(-4, 5, (batch, 6)).astype("int32"),
+                            "y": normal(batch, 6)}
+    check(numpy_symbol(build), tmp_path, inputs(2), other_batch=inputs(4))
+
+
+def test_numpy_interface_layout_ops_on_vectors(tmp_path):
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        np_.broadcast_to(b[0], (4, 6)), *np_.hsplit(b[0], 2), np_.roll(b[0], 4),
+        *np_.atleast_1d(b[0, 0], b), *np_.atleast_2d(b[0], b), *np_.atleast_3d(b[0], b)])
+    check(symbol, tmp_path, {"y": normal(2, 6)})
+
+
+@pytest.mark.parametrize("stack", ["vstack", "column_stack"])
+def test_numpy_interface_stacks(stack, tmp_path):
+    """One kind per graph: MXNet 1.9.1's own shape inference fails on a vstack and a dstack of
+    the same input, on stacks of vectors, and on any hstack or dstack (so those have no
+    converter)."""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        getattr(np_, stack)([b, b, b]), getattr(np_, stack)([np_.reshape(b * 2, (-1, 2, 3))] * 2)])
+    check(symbol, tmp_path, {"y": normal(2, 6)}, other_batch={"y": normal(3, 6)})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "int8"])
+def test_numpy_interface_cumsum(dtype, tmp_path):
+    """8-bit integers wrap like MXNet's (the sum runs in int32 in ONNX)."""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [np_.cumsum(a, axis=1), np_.cumsum(a, axis=0),
+                                                  np_.cumsum(a[0]), np_.cumsum(a, dtype="float64")])
+    values = lambda batch: {"x": (RNG.integers(-100, 100, (batch, 5)) if dtype != "float32"
+                                  else normal(batch, 5)).astype(dtype)}
+    check(symbol, tmp_path, values(2), other_batch=values(3))

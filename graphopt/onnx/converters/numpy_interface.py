@@ -12,6 +12,7 @@ What differs from the legacy ops they resemble:
 
 from __future__ import annotations
 
+import ast
 from dataclasses import replace
 
 import numpy as np
@@ -19,8 +20,9 @@ import numpy as np
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, converter
 from graphopt.onnx.converters.math import OPERATIONS, _apply, arithmetic_dtype, in_dtype
-from graphopt.onnx.converters.tensor import (cast, input_shape, normalize_axis, reduce,
-                                             reshape_output, squeeze, typed, unsqueeze)
+from graphopt.onnx.converters.tensor import (cast, input_batch_axes, input_shape, normalize_axis,
+                                             reduce, reshape_output, runtime_dims, slice_value,
+                                             squeeze, typed, unsqueeze)
 
 ARITHMETIC = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div",
               "power": "power", "maximum": "maximum", "minimum": "minimum", "mod": "mod"}
@@ -78,7 +80,13 @@ def scalar(ctx: ConvertContext, node: Node) -> None:
 # NumPy name -> the legacy op (and its ONNX op) computing the same function
 UNARY = {"exp": "exp", "log": "log", "sqrt": "sqrt", "absolute": "abs", "negative": "negative",
          "sin": "sin", "cos": "cos", "tanh": "tanh", "reciprocal": "reciprocal", "floor": "floor",
-         "ceil": "ceil", "sign": "sign", "square": "square", "relu": "relu", "sigmoid": "sigmoid"}
+         "ceil": "ceil", "sign": "sign", "square": "square", "relu": "relu", "sigmoid": "sigmoid",
+         **{name: name for name in (
+             "log10", "log2", "log1p", "expm1", "tan", "sinh", "cosh", "arcsin", "arccos", "arctan",
+             "arcsinh", "arccosh", "arctanh", "cbrt", "rint", "trunc", "fix", "degrees", "radians",
+             "logical_not")}}
+# legacy converters that already give the node's output dtype (bool here) from any input dtype
+OUTPUT_DTYPE_AWARE = {"logical_not"}
 ONNX_UNARY = {"exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "negative": "Neg",
               "sin": "Sin", "cos": "Cos", "tanh": "Tanh", "reciprocal": "Reciprocal",
               "floor": "Floor", "ceil": "Ceil", "sign": "Sign", "sigmoid": "Sigmoid"}
@@ -91,9 +99,11 @@ def unary(ctx: ConvertContext, node: Node) -> None:
     through float32, truncated back); a function MXNet makes float of an integer array is
     computed on the input cast to the output dtype."""
     legacy, dtype = UNARY[node.op.split("_", 2)[-1]], ctx.output_dtype(node)
-    if ctx.dtype(node, 0) == dtype:
+    if ctx.dtype(node, 0) == dtype or legacy in OUTPUT_DTYPE_AWARE:
         CONVERTERS[legacy](ctx, replace(node, op=legacy))
         return
+    if legacy not in ONNX_UNARY and legacy not in ("square", "relu"):
+        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}")
     value = cast(ctx, ctx.input(node, 0), dtype)
     if legacy == "square":
         ctx.emit1("Mul", [value, value], ctx.output(node))
@@ -262,3 +272,264 @@ def full_like(ctx: ConvertContext, node: Node) -> None:
     """``ones_like``/``zeros_like``/``full_like``: the input's shape at run time, filled."""
     fill = typed(ctx, [ctx.attr(node, "fill_value")], ctx.output_dtype(node))
     ctx.emit1("Expand", [fill, ctx.emit1("Shape", [ctx.input(node, 0)])], ctx.output(node))
+
+
+# --- element tests and rounding ----------------------------------------------------------------
+
+def _as_float(ctx: ConvertContext, node: Node) -> tuple[str, str]:
+    """Input 0 in a dtype onnxruntime's IsNaN/IsInf take (float16 through float32)."""
+    value, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    if dtype in ("float32", "float64"):
+        return value, dtype
+    return cast(ctx, value, "float32"), "float32"
+
+
+def _constant_like(ctx: ConvertContext, node: Node, value, dtype: str) -> None:
+    """``value`` everywhere, in the input's run-time shape."""
+    ctx.emit1("Expand", [typed(ctx, value, dtype), ctx.emit1("Shape", [ctx.input(node, 0)])],
+              ctx.output(node))
+
+
+ELEMENT_TESTS = {"_npi_isnan": None, "_npi_isinf": (1, 1), "_npi_isposinf": (1, 0),
+                 "_npi_isneginf": (0, 1), "_npi_isfinite": None}
+
+
+@converter(*ELEMENT_TESTS)
+def element_test(ctx: ConvertContext, node: Node) -> None:
+    """``bool``; an integer array has no NaN or infinity (only ``isfinite`` is true)."""
+    if ctx.dtype(node, 0) not in ("float16", "float32", "float64"):
+        _constant_like(ctx, node, node.op == "_npi_isfinite", "bool")
+        return
+    value, _ = _as_float(ctx, node)
+    if node.op == "_npi_isnan":
+        ctx.emit1("IsNaN", [value], ctx.output(node))
+    elif node.op == "_npi_isfinite":
+        special = ctx.emit1("Or", [ctx.emit1("IsNaN", [value]), ctx.emit1("IsInf", [value])])
+        ctx.emit1("Not", [special], ctx.output(node))
+    else:
+        positive, negative = ELEMENT_TESTS[node.op]
+        ctx.emit1("IsInf", [value], ctx.output(node), detect_positive=positive,
+                  detect_negative=negative)
+
+
+@converter("_npi_nan_to_num")
+def nan_to_num(ctx: ConvertContext, node: Node) -> None:
+    """NaN -> ``nan``, +inf -> ``posinf``, -inf -> ``neginf`` (by default the dtype's largest
+    and lowest finite values); integers are left as they are."""
+    dtype, data = ctx.dtype(node, 0), ctx.input(node, 0)
+    if dtype not in ("float16", "float32", "float64"):
+        ctx.emit1("Identity", [data], ctx.output(node))
+        return
+    value, _ = _as_float(ctx, node)
+    info = np.finfo(dtype)
+    posinf, neginf = (ctx.attr(node, key) for key in ("posinf", "neginf"))
+    replacements = [("IsNaN", {}, ctx.attr(node, "nan")),
+                    ("IsInf", {"detect_negative": 0}, info.max if posinf is None else posinf),
+                    ("IsInf", {"detect_positive": 0}, info.min if neginf is None else neginf)]
+    result = data
+    for index, (op_type, attrs, replacement) in enumerate(replacements):
+        found = ctx.emit1(op_type, [value], **attrs)
+        last = index == len(replacements) - 1
+        result = ctx.emit1("Where", [found, typed(ctx, replacement, dtype), result],
+                           ctx.output(node) if last else None)
+
+
+@converter("_npi_around")
+def around(ctx: ConvertContext, node: Node) -> None:
+    """MXNet multiplies by 10 ``decimals`` times (or divides for negative ``decimals``), rounds
+    half to even (ONNX Round), then undoes the scaling one step at a time, each step rounding
+    in the dtype. Integers are kept unless ``decimals`` < 0 (refused)."""
+    decimals, value, dtype = ctx.attr(node, "decimals"), ctx.input(node, 0), ctx.dtype(node, 0)
+    if dtype not in ("float16", "float32", "float64"):
+        if decimals < 0:
+            raise Unsupported("around of integers with decimals < 0")
+        ctx.emit1("Identity", [value], ctx.output(node))
+        return
+    ten = typed(ctx, 10, dtype)
+    scale, unscale = ("Mul", "Div") if decimals > 0 else ("Div", "Mul")
+    for _ in range(abs(decimals)):
+        value = ctx.emit1(scale, [value, ten])
+    value = ctx.emit1("Round", [value], None if decimals else ctx.output(node))
+    for step in range(abs(decimals)):
+        value = ctx.emit1(unscale, [value, ten], ctx.output(node) if step == abs(decimals) - 1 else None)
+
+
+@converter("_npi_bitwise_not")
+def bitwise_not(ctx: ConvertContext, node: Node) -> None:
+    """``~x`` = ``-x - 1`` in two's complement (8-bit integers in int32, wrapping back: the
+    unsigned ones too); ``not`` of booleans."""
+    dtype, value = ctx.dtype(node, 0), ctx.input(node, 0)
+    if dtype == "bool":
+        ctx.emit1("Not", [value], ctx.output(node))
+        return
+    in_dtype(ctx, [value], dtype, arithmetic_dtype(dtype), lambda ctx, x, work, out: ctx.emit1(
+        "Sub", [ctx.emit1("Neg", [x]), typed(ctx, 1, work)], out), ctx.output(node))
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+def _axis_list(value, rank: int) -> list[int]:
+    return [normalize_axis(a, rank) for a in (value if isinstance(value, tuple) else (value,))]
+
+
+@converter("_np_moveaxis")
+def moveaxis(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's order: the other axes keep theirs, the moved ones are inserted at their
+    destinations in increasing destination order."""
+    rank = len(input_shape(ctx, node, 0))
+    sources = _axis_list(ctx.attr(node, "source"), rank)
+    destinations = _axis_list(ctx.attr(node, "destination"), rank)
+    order = [a for a in range(rank) if a not in sources]
+    for destination, source in sorted(zip(destinations, sources)):
+        order.insert(destination, source)
+    ctx.emit1("Transpose", [ctx.input(node, 0)], ctx.output(node), perm=order)
+
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+@converter("_npi_flip")
+def flip(ctx: ConvertContext, node: Node) -> None:
+    """A Slice running backwards along each axis."""
+    axes = _axis_list(ctx.attr(node, "axis"), len(input_shape(ctx, node, 0)))
+    slice_value(ctx, ctx.input(node, 0), [-1] * len(axes), [INT64_MIN] * len(axes), axes,
+                [-1] * len(axes), ctx.output(node))
+
+
+@converter("_npi_broadcast_to")
+def broadcast_to(ctx: ConvertContext, node: Node) -> None:
+    """The legacy op's lowering: the target is MXNet's output shape."""
+    CONVERTERS["broadcast_to"](ctx, node)
+
+
+@converter("_npi_hsplit")
+def hsplit(ctx: ConvertContext, node: Node) -> None:
+    """``_split_v2`` along axis 1, axis 0 of a vector (NumPy's hsplit)."""
+    attrs = dict(node.attrs)
+    if len(input_shape(ctx, node, 0)) == 1:
+        attrs["axis"] = 0
+    CONVERTERS["_split_v2"](ctx, replace(node, op="_split_v2", attrs=attrs))
+
+
+@converter("_np_roll")
+def roll(ctx: ConvertContext, node: Node) -> None:
+    """Per axis, the last ``shift`` elements first (a Concat of two Slices); no axis: of the
+    flattened array. An axis that follows the batch is refused (its length is not fixed)."""
+    shape, shift, axis = input_shape(ctx, node, 0), ctx.attr(node, "shift"), ctx.attr(node, "axis")
+    value, dynamic = ctx.input(node, 0), input_batch_axes(ctx, node, 0)
+    shifts = list(shift) if isinstance(shift, tuple) else [shift]
+    if axis is None:
+        if dynamic:
+            raise Unsupported("roll without an axis of an array that follows the batch")
+        value, lengths, axes = ctx.emit1("Reshape", [value, ctx.int64s([-1], hint="shape")]), \
+            [int(np.prod(shape))], [0]
+    else:
+        axes = _axis_list(axis, len(shape))
+        lengths = [shape[a] for a in axes]
+        if dynamic & set(axes):
+            raise Unsupported("roll along an axis that follows the batch")
+    if len(shifts) == 1:
+        shifts *= len(axes)
+    for axis_, length, amount in zip(axes, lengths, shifts):
+        amount %= length
+        if amount:
+            tail = slice_value(ctx, value, [length - amount], [length], [axis_])
+            head = slice_value(ctx, value, [0], [length - amount], [axis_])
+            value = ctx.emit1("Concat", [tail, head], axis=axis_)
+    if axis is None:
+        value = ctx.emit1("Reshape", [value, ctx.int64s(shape, hint="shape")])
+    ctx.emit1("Identity", [value], ctx.output(node))
+
+
+@converter("_npi_tril")
+def tril(ctx: ConvertContext, node: Node) -> None:
+    """Zero above diagonal ``k`` of the last two axes: a mask from the run-time sizes (Trilu
+    needs opset 14), so any opset and dtype."""
+    rank = len(input_shape(ctx, node, 0))
+    if rank < 2:
+        raise Unsupported("tril of a vector")
+    value, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    sizes = [ctx.emit1("Squeeze", [runtime_dims(ctx, value, [axis])]) for axis in (rank - 2, rank - 1)]
+    zero, one = ctx.constant(np.int64(0)), ctx.constant(np.int64(1))
+    rows, columns = (ctx.emit1("Range", [zero, size, one]) for size in sizes)
+    shifted = ctx.emit1("Add", [unsqueeze(ctx, rows, [1]), ctx.constant(np.int64(ctx.attr(node, "k")))])
+    kept = ctx.emit1("GreaterOrEqual", [shifted, columns])
+    ctx.emit1("Where", [kept, value, typed(ctx, 0, dtype)], ctx.output(node))
+
+
+PAD_MODES = {"constant": "constant", "edge": "edge", "reflect": "reflect"}
+
+
+@converter("_npi_pad")
+def pad(ctx: ConvertContext, node: Node) -> None:
+    """``pad_width`` is ((before, after) per axis); ONNX wants every begin, then every end.
+    ``reflect`` is NumPy's (the edge not repeated), as ONNX's."""
+    mode = ctx.attr(node, "mode")
+    if mode not in PAD_MODES:
+        raise Unsupported(f"pad mode {mode}")
+    widths = ctx.attr(node, "pad_width")
+    if isinstance(widths, str):  # (the schema has no parser for a tuple of tuples)
+        widths = ast.literal_eval(widths)
+    inputs = [ctx.input(node, 0), ctx.int64s([w[0] for w in widths] + [w[1] for w in widths],
+                                             hint="pads")]
+    if mode == "constant":
+        inputs.append(typed(ctx, ctx.attr(node, "constant_value"), ctx.dtype(node, 0)))
+    ctx.emit1("Pad", inputs, ctx.output(node), mode=PAD_MODES[mode])
+
+
+# op -> (axis joined, the rank each input is raised to). hstack and dstack are left out: MXNet
+# 1.9.1 cannot infer their shapes in a symbol, so no exported model runs them.
+STACKS = {"_npi_vstack": (0, 2), "_npi_column_stack": (1, 2)}
+
+
+def _raised(ctx: ConvertContext, value: str, rank: int, target: int, column: bool = False) -> str:
+    """NumPy's atleast_2d / atleast_3d: (n,) -> (1, n) / (1, n, 1), (m, n) -> (m, n, 1);
+    ``column``: (n,) -> (n, 1) (column_stack)."""
+    if rank >= target:
+        return value
+    axes = {(0, 2): [0, 1], (1, 2): [1] if column else [0], (0, 3): [0, 1, 2], (1, 3): [0, 2],
+            (2, 3): [2]}
+    return unsqueeze(ctx, value, axes[(rank, target)])
+
+
+@converter(*STACKS)
+def stacks(ctx: ConvertContext, node: Node) -> None:
+    """vstack raises vectors to rows, column_stack to columns, then both concatenate."""
+    axis, target = STACKS[node.op]
+    values = [_raised(ctx, value, len(input_shape(ctx, node, slot)), target,
+                      column=node.op == "_npi_column_stack")
+              for slot, value in enumerate(ctx.inputs(node))]
+    ctx.emit1("Concat", values, ctx.output(node), axis=axis)
+
+
+ATLEAST = {"_np_atleast_1d": 1, "_np_atleast_2d": 2, "_np_atleast_3d": 3}
+
+
+@converter(*ATLEAST)
+def atleast(ctx: ConvertContext, node: Node) -> None:
+    """One output per input, raised to the rank (a 0-d array becomes (1,), (1, 1), (1, 1, 1))."""
+    target = ATLEAST[node.op]
+    for slot, value in enumerate(ctx.inputs(node)):
+        rank = len(input_shape(ctx, node, slot))
+        if rank == 0:
+            value, rank = unsqueeze(ctx, value, [0]), 1
+        if target > 1:
+            value = _raised(ctx, value, rank, target)
+        ctx.emit1("Identity", [value], ctx.output(node, slot))
+
+
+@converter("_np_cumsum")
+def cumsum(ctx: ConvertContext, node: Node) -> None:
+    """In the output dtype (8-bit integers through int32, wrapping back); no axis: of the
+    flattened array."""
+    value, dtype = ctx.input(node, 0), ctx.output_dtype(node)
+    axis = ctx.attr(node, "axis")
+    if axis is None:
+        value, axis = ctx.emit1("Reshape", [value, ctx.int64s([-1], hint="shape")]), 0
+    else:
+        axis = normalize_axis(axis, len(input_shape(ctx, node, 0)))
+    if ctx.dtype(node, 0) != dtype:
+        value = cast(ctx, value, dtype)
+    work = "float32" if dtype == "float16" else arithmetic_dtype(dtype)
+    in_dtype(ctx, [value], dtype, work, lambda ctx, x, _work, out: ctx.emit1(
+        "CumSum", [x, ctx.constant(np.int64(axis))], out), ctx.output(node))
