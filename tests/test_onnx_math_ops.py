@@ -785,3 +785,54 @@ def test_numpy_interface_cumsum(dtype, tmp_path):
     values = lambda batch: {"x": (RNG.integers(-100, 100, (batch, 5)) if dtype != "float32"
                                   else normal(batch, 5)).astype(dtype)}
     check(symbol, tmp_path, values(2), other_batch=values(3))
+
+
+def test_numpy_interface_contractions(tmp_path):
+    """dot of N-D arrays pairs the last axis of a with the second-to-last of b (not matmul's
+    batching); tensordot and einsum as NumPy's (MXNet's dot takes floats of one dtype only)."""
+    def build(np_, npx, a, b):
+        c = np_.reshape(b, (-1, 2, 3))
+        m = np_.reshape(np_.arange(12), (3, 4)) * 0.1
+        w = np_.reshape(np_.arange(24), (6, 4)) * 0.1
+        return [np_.dot(b, w), np_.dot(c, m), np_.dot(c, np_.ones((4, 3, 2))), np_.dot(b[0], b[1]),
+                np_.dot(c, b[0, :3]), np_.dot(b, b[0, 0]),
+                np_.tensordot(c, c, axes=([1, 2], [1, 2])), np_.tensordot(c, m, axes=1),
+                np_.tensordot(b, w, axes=([1], [0])),
+                np_.einsum("nij,jk->nik", c, m), np_.einsum("nij,nij->n", c, c),
+                np_.einsum("ij", b), np_.einsum("...j,jk", c, m), np_.einsum("nii->n", c[:, :, :2])]
+    check(numpy_symbol(build), tmp_path, {"y": normal(2, 6)}, other_batch={"y": normal(3, 6)})
+
+
+def test_numpy_interface_diagonals_and_trace(tmp_path):
+    def build(np_, npx, a, b):
+        c = np_.reshape(b, (-1, 2, 3))
+        return [np_.diag(b), np_.diag(b, 1), np_.diag(b, -1), np_.diag(b[0]), np_.diag(b[0], -2),
+                np_.diagonal(c), np_.diagonal(c, 1, 1, 2), np_.diagonal(c, -1, 2, 0),
+                np_.trace(b), np_.trace(c, axis1=1, axis2=2), np_.trace(c, 1, 2, 1),
+                np_.trace(a, -1)]
+    inputs = lambda batch: {"x": RNG.integers(-4, 5, (batch, 6)).astype("int32"),
+                            "y": normal(batch, 6)}
+    check(numpy_symbol(build), tmp_path, inputs(2), other_batch=inputs(4))
+
+
+def test_numpy_interface_arange_eye_identity(tmp_path):
+    symbol = numpy_symbol(lambda np_, npx, a, b: [
+        b + np_.arange(3), b * np_.arange(1, 2.5, 0.5), np_.arange(2, dtype="int32") + a[:, :2],
+        np_.eye(3, k=1) + 1, np_.eye(2, 3, dtype="int32"), np_.identity(3) * 2])
+    check(symbol, tmp_path, integers_and_floats(2), other_batch=integers_and_floats(3))
+
+
+def test_numpy_interface_all_any_std_var_average_norm(tmp_path):
+    def build(np_, npx, a, b):
+        c = np_.reshape(b, (-1, 2, 3))
+        return [np_.all(a, axis=1), np_.any(a, axis=0, keepdims=True), np_.all(b > 0),
+                np_.any(c > 1, axis=(1, 2)), np_.std(b, axis=1), np_.var(c, axis=(0, 2), keepdims=True),
+                np_.var(b), np_.std(c, axis=2, ddof=1), np_.var(b, axis=0, ddof=1),
+                np_.average(b, axis=1), np_.average(c), np_.average(c, axis=2, weights=c * c),
+                np_.average(b, axis=1, weights=np_.arange(1, 7)),
+                *np_.average(c, axis=1, weights=np_.ones(2) * 2, returned=True),
+                np_.linalg.norm(b), np_.linalg.norm(c, axis=2), np_.linalg.norm(c, axis=(1, 2)),
+                np_.linalg.norm(b, ord=1, axis=1), np_.linalg.norm(b, ord=2, axis=0, keepdims=True)]
+    inputs = lambda batch: {"x": RNG.integers(-1, 2, (batch, 6)).astype("int32"),
+                            "y": normal(batch, 6)}
+    check(numpy_symbol(build), tmp_path, inputs(2), other_batch=inputs(3))

@@ -441,20 +441,26 @@ def roll(ctx: ConvertContext, node: Node) -> None:
     ctx.emit1("Identity", [value], ctx.output(node))
 
 
-@converter("_npi_tril")
-def tril(ctx: ConvertContext, node: Node) -> None:
-    """Zero above diagonal ``k`` of the last two axes: a mask from the run-time sizes (Trilu
-    needs opset 14), so any opset and dtype."""
-    rank = len(input_shape(ctx, node, 0))
-    if rank < 2:
-        raise Unsupported("tril of a vector")
-    value, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+def _band(ctx: ConvertContext, value: str, rank: int, k: int, comparison: str) -> str:
+    """A bool mask over the last two axes of ``value`` (sizes read at run time): row + k
+    ``comparison`` column ("GreaterOrEqual": on or below diagonal k; "Equal": on it)."""
     sizes = [ctx.emit1("Squeeze", [runtime_dims(ctx, value, [axis])]) for axis in (rank - 2, rank - 1)]
     zero, one = ctx.constant(np.int64(0)), ctx.constant(np.int64(1))
     rows, columns = (ctx.emit1("Range", [zero, size, one]) for size in sizes)
-    shifted = ctx.emit1("Add", [unsqueeze(ctx, rows, [1]), ctx.constant(np.int64(ctx.attr(node, "k")))])
-    kept = ctx.emit1("GreaterOrEqual", [shifted, columns])
-    ctx.emit1("Where", [kept, value, typed(ctx, 0, dtype)], ctx.output(node))
+    shifted = ctx.emit1("Add", [unsqueeze(ctx, rows, [1]), ctx.constant(np.int64(k))])
+    return ctx.emit1(comparison, [shifted, columns])
+
+
+@converter("_npi_tril")
+def tril(ctx: ConvertContext, node: Node) -> None:
+    """Zero above diagonal ``k`` of the last two axes: a mask (Trilu needs opset 14), so any
+    opset and dtype."""
+    rank = len(input_shape(ctx, node, 0))
+    if rank < 2:
+        raise Unsupported("tril of a vector")
+    value = ctx.input(node, 0)
+    kept = _band(ctx, value, rank, ctx.attr(node, "k"), "GreaterOrEqual")
+    ctx.emit1("Where", [kept, value, typed(ctx, 0, ctx.dtype(node, 0))], ctx.output(node))
 
 
 PAD_MODES = {"constant": "constant", "edge": "edge", "reflect": "reflect"}
@@ -533,3 +539,220 @@ def cumsum(ctx: ConvertContext, node: Node) -> None:
     work = "float32" if dtype == "float16" else arithmetic_dtype(dtype)
     in_dtype(ctx, [value], dtype, work, lambda ctx, x, _work, out: ctx.emit1(
         "CumSum", [x, ctx.constant(np.int64(axis))], out), ctx.output(node))
+
+
+# --- contractions ------------------------------------------------------------------------------
+
+def _einsum_dtype(dtype: str) -> str:
+    """onnxruntime's Einsum kernels: float, double, int32, int64."""
+    return {"float16": "float32", "bfloat16": "float32"}.get(dtype, arithmetic_dtype(dtype))
+
+
+def _einsum(ctx: ConvertContext, node: Node, equation: str, values: list[str]) -> None:
+    """``equation`` on ``values`` promoted to the output dtype (computed as Einsum can)."""
+    dtype = ctx.output_dtype(node)
+    values = [value if ctx.dtype(node, slot) == dtype else cast(ctx, value, dtype)
+              for slot, value in enumerate(values)]
+    in_dtype(ctx, values, dtype, _einsum_dtype(dtype),
+             lambda ctx, *args: ctx.emit1("Einsum", list(args[:-2]), args[-1], equation=equation),
+             ctx.output(node))
+
+
+@converter("_npi_einsum")
+def einsum(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's subscripts are ONNX Einsum's equation (implicit output, ``...`` included)."""
+    _einsum(ctx, node, ctx.attr(node, "subscripts").replace(" ", ""), ctx.inputs(node))
+
+
+def _contract(ctx: ConvertContext, node: Node, lhs_axes: list[int], rhs_axes: list[int]) -> None:
+    """Sum the products over ``lhs_axes`` of input 0 paired with ``rhs_axes`` of input 1; the
+    result's axes are input 0's free axes, then input 1's."""
+    ranks = [len(input_shape(ctx, node, slot)) for slot in (0, 1)]
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs = [next(letters) for _ in range(ranks[0])]
+    rhs = [next(letters) for _ in range(ranks[1])]
+    for lhs_axis, rhs_axis in zip(lhs_axes, rhs_axes):
+        rhs[rhs_axis] = lhs[lhs_axis]
+    out = [lhs[a] for a in range(ranks[0]) if a not in lhs_axes] + \
+        [rhs[a] for a in range(ranks[1]) if a not in rhs_axes]
+    _einsum(ctx, node, f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}", ctx.inputs(node))
+
+
+@converter("_npi_tensordot")
+def tensordot(ctx: ConvertContext, node: Node) -> None:
+    ranks = [len(input_shape(ctx, node, slot)) for slot in (0, 1)]
+    axes = [[normalize_axis(a, rank) for a in ctx.attr(node, key)]
+            for key, rank in zip(("a_axes_summed", "b_axes_summed"), ranks)]
+    _contract(ctx, node, *axes)
+
+
+@converter("_npi_tensordot_int_axes")
+def tensordot_int_axes(ctx: ConvertContext, node: Node) -> None:
+    """``axes=n``: the last n axes of ``a`` with the first n of ``b``."""
+    count, rank = ctx.attr(node, "axes"), len(input_shape(ctx, node, 0))
+    _contract(ctx, node, list(range(rank - count, rank)), list(range(count)))
+
+
+@converter("_np_dot")
+def dot(ctx: ConvertContext, node: Node) -> None:
+    """NumPy's dot: a 0-d operand multiplies; otherwise the last axis of ``a`` with ``b``'s
+    only axis (a vector) or its second-to-last."""
+    ranks = [len(input_shape(ctx, node, slot)) for slot in (0, 1)]
+    if 0 in ranks:
+        binary(ctx, replace(node, op="_npi_multiply"))
+        return
+    _contract(ctx, node, [ranks[0] - 1], [0 if ranks[1] == 1 else ranks[1] - 2])
+
+
+@converter("_np_diag")
+def diag(ctx: ConvertContext, node: Node) -> None:
+    """Of a vector, the matrix with it on diagonal ``k``; of a matrix, its diagonal ``k``: the
+    legacy ``diag``."""
+    CONVERTERS["diag"](ctx, replace(node, op="diag", attrs={"k": ctx.attr(node, "k")}))
+
+
+@converter("_np_diagonal")
+def diagonal(ctx: ConvertContext, node: Node) -> None:
+    """The legacy ``diag`` with ``k=offset``: the diagonal becomes the last axis."""
+    CONVERTERS["diag"](ctx, replace(node, op="diag", attrs={
+        "k": ctx.attr(node, "offset"), "axis1": ctx.attr(node, "axis1"),
+        "axis2": ctx.attr(node, "axis2")}))
+
+
+@converter("_np_trace")
+def trace(ctx: ConvertContext, node: Node) -> None:
+    """The sum of diagonal ``offset`` of the (axis1, axis2) matrices: those axes moved last,
+    everything off the diagonal zeroed, the two summed (in the output dtype)."""
+    rank, dtype = len(input_shape(ctx, node, 0)), ctx.output_dtype(node)
+    first, second = (normalize_axis(ctx.attr(node, key), rank) for key in ("axis1", "axis2"))
+    rest = [a for a in range(rank) if a not in (first, second)]
+    value = ctx.emit1("Transpose", [ctx.input(node, 0)], perm=rest + [first, second])
+    if ctx.dtype(node, 0) != dtype:
+        value = cast(ctx, value, dtype)
+    on_diagonal = _band(ctx, value, rank, ctx.attr(node, "offset"), "Equal")
+    work = arithmetic_dtype(dtype)
+    in_dtype(ctx, [ctx.emit1("Where", [on_diagonal, value, typed(ctx, 0, dtype)])], dtype, work,
+             lambda ctx, x, _work, out: reduce(ctx, "ReduceSum", x, [rank - 2, rank - 1], False, out),
+             ctx.output(node))
+
+
+# --- arrays made from nothing ------------------------------------------------------------------
+
+@converter("_npi_arange")
+def arange(ctx: ConvertContext, node: Node) -> None:
+    """The legacy ``_arange`` (same attributes; the length is MXNet's inferred one)."""
+    CONVERTERS["_arange"](ctx, replace(node, op="_arange"))
+
+
+@converter("_npi_eye", "_npi_identity")
+def eye(ctx: ConvertContext, node: Node) -> None:
+    """The legacy ``_eye``: ones on diagonal ``k`` (0 for identity) of MXNet's output shape."""
+    CONVERTERS["_eye"](ctx, replace(node, op="_eye", attrs={"k": ctx.attr(node, "k", 0)}))
+
+
+# --- more reductions ---------------------------------------------------------------------------
+
+@converter("_np_all", "_np_any")
+def all_any(ctx: ConvertContext, node: Node) -> None:
+    """``bool``: the minimum (all) or maximum (any) of ``x != 0`` as int32 (ONNX reduces no bool)."""
+    value, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    if dtype != "bool":
+        value = ctx.emit1("Not", [ctx.emit1("Equal", [value, typed(ctx, 0, dtype)])])
+    axes = _axes(ctx, node, len(input_shape(ctx, node, 0)))
+    if not axes:
+        ctx.emit1("Identity", [value], ctx.output(node))
+        return
+    op_type = "ReduceMin" if node.op == "_np_all" else "ReduceMax"
+    reduced = reduce(ctx, op_type, cast(ctx, value, "int32"), axes, bool(ctx.attr(node, "keepdims")))
+    cast(ctx, reduced, "bool", ctx.output(node))
+
+
+def _count(ctx: ConvertContext, value: str, axes: list[int], dtype: str) -> str:
+    """The number of elements over ``axes`` of ``value`` (read at run time) in ``dtype``."""
+    sizes = runtime_dims(ctx, value, axes)
+    return cast(ctx, reduce(ctx, "ReduceProd", sizes, [0], True), dtype)
+
+
+@converter("_npi_var", "_npi_std")
+def variance(ctx: ConvertContext, node: Node) -> None:
+    """Mean squared deviation from the mean, divided by ``N - ddof`` instead of ``N`` (N read at
+    run time: the axes may follow the batch); std is its square root. Floats only (MXNet
+    keeps an integer input's dtype)."""
+    dtype = ctx.output_dtype(node)
+    if dtype not in ("float16", "float32", "float64") or ctx.dtype(node, 0) != dtype:
+        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}")
+    value = ctx.input(node, 0)
+    axes = _axes(ctx, node, len(input_shape(ctx, node, 0)))
+    keepdims, ddof = bool(ctx.attr(node, "keepdims")), ctx.attr(node, "ddof")
+
+    def lower(ctx: ConvertContext, x: str, work: str, out: str | None) -> str:
+        deviation = ctx.emit1("Sub", [x, reduce(ctx, "ReduceMean", x, axes, True)])
+        squares = ctx.emit1("Mul", [deviation, deviation])
+        if ddof:
+            count = _count(ctx, x, axes, work)
+            total = reduce(ctx, "ReduceSum", squares, axes, keepdims)
+            result = ctx.emit1("Div", [total, ctx.emit1("Sub", [count, typed(ctx, ddof, work)])],
+                               None if node.op == "_npi_std" else out)
+        else:
+            result = reduce(ctx, "ReduceMean", squares, axes, keepdims,
+                            None if node.op == "_npi_std" else out)
+        return ctx.emit1("Sqrt", [result], out) if node.op == "_npi_std" else result
+    in_dtype(ctx, [value], dtype, "float32" if dtype == "float16" else dtype, lower, ctx.output(node))
+
+
+@converter("_npi_average")
+def average(ctx: ConvertContext, node: Node) -> None:
+    """``weighted=False``: the mean. Else sum(a * w) / sum(w), a 1-D ``w`` lying along the one
+    reduced axis; ``returned`` adds sum(w) as a second output (0-d for 1-D weights: MXNet
+    does not broadcast it as NumPy does)."""
+    dtype = ctx.output_dtype(node)
+    if dtype not in ("float16", "float32", "float64"):
+        raise Unsupported(f"average giving {dtype}")
+    shape = input_shape(ctx, node, 0)
+    axes = _axes(ctx, node, len(shape))
+    value = ctx.input(node, 0)
+    if ctx.dtype(node, 0) != dtype:
+        value = cast(ctx, value, dtype)
+    if not ctx.attr(node, "weighted"):
+        reduce(ctx, "ReduceMean", value, axes, False, ctx.output(node))
+        return
+    weights = ctx.input(node, 1)
+    if ctx.dtype(node, 1) != dtype:
+        weights = cast(ctx, weights, dtype)
+    weight_rank = len(input_shape(ctx, node, 1))
+    if weight_rank != len(shape):
+        if weight_rank != 1 or len(axes) != 1:
+            raise Unsupported("weights of another rank than the array, along more than one axis")
+        weights = unsqueeze(ctx, weights, [a for a in range(len(shape)) if a != axes[0]])
+    total_weight = reduce(ctx, "ReduceSum", ctx.emit1("Expand", [weights, ctx.emit1("Shape", [value])]),
+                          axes, False)
+    weighted = reduce(ctx, "ReduceSum", ctx.emit1("Mul", [value, weights]), axes, False)
+    ctx.emit1("Div", [weighted, total_weight], ctx.output(node))
+    if not ctx.attr(node, "returned"):
+        return
+    if ctx.output_shape(node, 1) == ():  # MXNet's sum of 1-D weights is not broadcast
+        reduce(ctx, "ReduceSum", weights, list(range(len(shape))), False, ctx.output(node, 1))
+    else:
+        ctx.emit1("Identity", [total_weight], ctx.output(node, 1))
+
+
+@converter("_npi_norm")
+def norm(ctx: ConvertContext, node: Node) -> None:
+    """The square root of the sum of squares (``flag`` -2: of everything; 1: Frobenius or L2
+    over ``axis``; -1: ``ord=2`` of vectors) or, ``flag`` -1 with ``ord=1``, the sum of
+    magnitudes. Matrix 2-norms and nuclear norms (``flag`` 0, 2) are refused, and so are
+    integers (MXNet's integer L2 norm truncates its running sum)."""
+    # the schema lists no attributes for _npi_norm, so they arrive as MXNet's strings
+    flag, order, axis, keepdims = (ast.literal_eval(str(ctx.attr(node, key, default))) for key, default
+                                   in (("flag", -2), ("ord", 2), ("axis", None), ("keepdims", False)))
+    dtype, rank = ctx.output_dtype(node), len(input_shape(ctx, node, 0))
+    axes = list(range(rank)) if axis is None else sorted(_axis_list(axis, rank))
+    if flag not in (-2, -1, 1) or order not in (1, 2) or (order == 1 and flag != -1) \
+            or (flag == -1 and len(axes) != 1):
+        raise Unsupported(f"norm with ord={order}, flag={flag}")
+    if dtype not in ("float16", "float32", "float64") or ctx.dtype(node, 0) != dtype:
+        raise Unsupported(f"norm of {ctx.dtype(node, 0)}")
+    op_type = "ReduceL1" if order == 1 else "ReduceL2"
+    in_dtype(ctx, [ctx.input(node, 0)], dtype, "float32" if dtype == "float16" else dtype,
+             lambda ctx, x, _work, out: reduce(ctx, op_type, x, axes, bool(keepdims), out),
+             ctx.output(node))
