@@ -836,3 +836,26 @@ def test_numpy_interface_all_any_std_var_average_norm(tmp_path):
     inputs = lambda batch: {"x": RNG.integers(-1, 2, (batch, 6)).astype("int32"),
                             "y": normal(batch, 6)}
     check(numpy_symbol(build), tmp_path, inputs(2), other_batch=inputs(3))
+
+
+def test_numpy_interface_hypot(tmp_path):
+    """(MXNet's hypot takes floats of one dtype only.)"""
+    symbol = numpy_symbol(lambda np_, npx, a, b: [np_.hypot(b, b * 2), np_.hypot(b, -b[0])])
+    check(symbol, tmp_path, {"y": normal(2, 3)}, other_batch={"y": normal(3, 3)})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "int8", "uint8", "bool"])
+def test_numpy_interface_bitwise_ops(dtype, tmp_path):
+    """Integers need opset 18 (ONNX's Bitwise* ops); booleans take the logical ops."""
+    def build(np_, npx, a, b):
+        outputs = [np_.bitwise_and(a, b), np_.bitwise_or(a, b), np_.bitwise_xor(a, b)]
+        if dtype != "bool":  # (MXNet refuses a scalar with a boolean array)
+            outputs += [np_.bitwise_and(a, 6), np_.bitwise_or(a, 3), np_.bitwise_xor(a, -1 if dtype != "uint8" else 255)]
+        return outputs
+    low, high = {"uint8": (0, 256), "bool": (0, 2)}.get(dtype, (-100, 100))
+    values = lambda batch: {name: RNG.integers(low, high, (batch, 3)).astype(dtype) for name in "xy"}
+    opsets = (13, 18) if dtype == "bool" else (18,)
+    check(numpy_symbol(build), tmp_path, values(2), other_batch=values(3), opsets=opsets)
+    if dtype != "bool":
+        with pytest.raises(UnsupportedOpError, match="opset 18"):
+            check(numpy_symbol(build), tmp_path, values(2), opsets=(17,))

@@ -28,7 +28,8 @@ ARITHMETIC = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide":
               "power": "power", "maximum": "maximum", "minimum": "minimum", "mod": "mod"}
 COMPARISONS = {"equal": "equal", "not_equal": "not_equal", "greater": "greater",
                "greater_equal": "greater_equal", "less": "lesser", "less_equal": "lesser_equal"}
-BINARY = {f"_npi_{name}": operation for name, operation in {**ARITHMETIC, **COMPARISONS}.items()}
+BINARY = {**{f"_npi_{name}": operation for name, operation in {**ARITHMETIC, **COMPARISONS}.items()},
+          "_npi_hypot": "hypot"}
 # op -> (operation, scalar on the left)
 SCALAR = {**{f"_npi_{name}_scalar": (operation, False)
              for name, operation in {**ARITHMETIC, **COMPARISONS}.items()},
@@ -756,3 +757,29 @@ def norm(ctx: ConvertContext, node: Node) -> None:
     in_dtype(ctx, [ctx.input(node, 0)], dtype, "float32" if dtype == "float16" else dtype,
              lambda ctx, x, _work, out: reduce(ctx, op_type, x, axes, bool(keepdims), out),
              ctx.output(node))
+
+
+# --- bitwise operations ------------------------------------------------------------------------
+
+BITWISE = {"and": ("And", "BitwiseAnd"), "or": ("Or", "BitwiseOr"), "xor": ("Xor", "BitwiseXor")}
+BITWISE_SINCE = 18
+
+
+@converter(*(f"_npi_bitwise_{name}{form}" for name in BITWISE for form in ("", "_scalar")))
+def bitwise(ctx: ConvertContext, node: Node) -> None:
+    """Of booleans, ONNX's logical ops; of integers, its Bitwise* ops (opset 18 and later),
+    operands in the output dtype (the scalar truncated to it)."""
+    name = node.op[len("_npi_bitwise_"):].removesuffix("_scalar")
+    dtype = ctx.output_dtype(node)
+    if node.op.endswith("_scalar"):
+        operands = [(ctx.input(node, 0), ctx.dtype(node, 0)), (typed(ctx, ctx.attr(node, "scalar"), dtype), dtype)]
+    else:
+        operands = list(zip(ctx.inputs(node), (ctx.dtype(node, 0), ctx.dtype(node, 1))))
+    values = [value if value_dtype == dtype else cast(ctx, value, dtype) for value, value_dtype in operands]
+    logical, bitwise_op = BITWISE[name]
+    if dtype == "bool":
+        ctx.emit1(logical, values, ctx.output(node))
+    elif ctx.opset < BITWISE_SINCE:
+        raise Unsupported(f"bitwise {name} of integers needs opset {BITWISE_SINCE} or later")
+    else:
+        ctx.emit1(bitwise_op, values, ctx.output(node))
