@@ -114,14 +114,18 @@ def unary(ctx: ConvertContext, node: Node) -> None:
         ctx.emit1(ONNX_UNARY[legacy], [value], ctx.output(node))
 
 
+def _axis_list(value, rank: int) -> list[int]:
+    """An int or tuple attribute as normalized axes, in the given order."""
+    return [normalize_axis(a, rank) for a in (value if isinstance(value, tuple) else (value,))]
+
+
 def _axes(ctx: ConvertContext, node: Node, rank: int) -> list[int]:
     axis = ctx.attr(node, "axis")
-    if axis is None:
-        return list(range(rank))
-    return sorted(normalize_axis(a, rank) for a in (axis if isinstance(axis, tuple) else (axis,)))
+    return list(range(rank)) if axis is None else sorted(_axis_list(axis, rank))
 
 
 RESHAPE_ALLOWZERO_SINCE = 14
+FLOATS = ("float16", "float32", "float64")  # the float dtypes of MXNet's NumPy interface
 
 REDUCTIONS = {"_np_sum": "ReduceSum", "_npi_mean": "ReduceMean", "_np_max": "ReduceMax",
               "_np_min": "ReduceMin", "_np_prod": "ReduceProd"}
@@ -277,12 +281,10 @@ def full_like(ctx: ConvertContext, node: Node) -> None:
 
 # --- element tests and rounding ----------------------------------------------------------------
 
-def _as_float(ctx: ConvertContext, node: Node) -> tuple[str, str]:
+def _as_float(ctx: ConvertContext, node: Node) -> str:
     """Input 0 in a dtype onnxruntime's IsNaN/IsInf take (float16 through float32)."""
     value, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
-    if dtype in ("float32", "float64"):
-        return value, dtype
-    return cast(ctx, value, "float32"), "float32"
+    return value if dtype in ("float32", "float64") else cast(ctx, value, "float32")
 
 
 def _constant_like(ctx: ConvertContext, node: Node, value, dtype: str) -> None:
@@ -298,10 +300,10 @@ ELEMENT_TESTS = {"_npi_isnan": None, "_npi_isinf": (1, 1), "_npi_isposinf": (1, 
 @converter(*ELEMENT_TESTS)
 def element_test(ctx: ConvertContext, node: Node) -> None:
     """``bool``; an integer array has no NaN or infinity (only ``isfinite`` is true)."""
-    if ctx.dtype(node, 0) not in ("float16", "float32", "float64"):
+    if ctx.dtype(node, 0) not in FLOATS:
         _constant_like(ctx, node, node.op == "_npi_isfinite", "bool")
         return
-    value, _ = _as_float(ctx, node)
+    value = _as_float(ctx, node)
     if node.op == "_npi_isnan":
         ctx.emit1("IsNaN", [value], ctx.output(node))
     elif node.op == "_npi_isfinite":
@@ -318,10 +320,10 @@ def nan_to_num(ctx: ConvertContext, node: Node) -> None:
     """NaN -> ``nan``, +inf -> ``posinf``, -inf -> ``neginf`` (by default the dtype's largest
     and lowest finite values); integers are left as they are."""
     dtype, data = ctx.dtype(node, 0), ctx.input(node, 0)
-    if dtype not in ("float16", "float32", "float64"):
+    if dtype not in FLOATS:
         ctx.emit1("Identity", [data], ctx.output(node))
         return
-    value, _ = _as_float(ctx, node)
+    value = _as_float(ctx, node)
     info = np.finfo(dtype)
     posinf, neginf = (ctx.attr(node, key) for key in ("posinf", "neginf"))
     replacements = [("IsNaN", {}, ctx.attr(node, "nan")),
@@ -341,7 +343,7 @@ def around(ctx: ConvertContext, node: Node) -> None:
     half to even (ONNX Round), then undoes the scaling one step at a time, each step rounding
     in the dtype. Integers are kept unless ``decimals`` < 0 (refused)."""
     decimals, value, dtype = ctx.attr(node, "decimals"), ctx.input(node, 0), ctx.dtype(node, 0)
-    if dtype not in ("float16", "float32", "float64"):
+    if dtype not in FLOATS:
         if decimals < 0:
             raise Unsupported("around of integers with decimals < 0")
         ctx.emit1("Identity", [value], ctx.output(node))
@@ -368,10 +370,6 @@ def bitwise_not(ctx: ConvertContext, node: Node) -> None:
 
 
 # --- layout ------------------------------------------------------------------------------------
-
-def _axis_list(value, rank: int) -> list[int]:
-    return [normalize_axis(a, rank) for a in (value if isinstance(value, tuple) else (value,))]
-
 
 @converter("_np_moveaxis")
 def moveaxis(ctx: ConvertContext, node: Node) -> None:
@@ -680,7 +678,7 @@ def variance(ctx: ConvertContext, node: Node) -> None:
     run time: the axes may follow the batch); std is its square root. Floats only (MXNet
     keeps an integer input's dtype)."""
     dtype = ctx.output_dtype(node)
-    if dtype not in ("float16", "float32", "float64") or ctx.dtype(node, 0) != dtype:
+    if dtype not in FLOATS or ctx.dtype(node, 0) != dtype:
         raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}")
     value = ctx.input(node, 0)
     axes = _axes(ctx, node, len(input_shape(ctx, node, 0)))
@@ -707,7 +705,7 @@ def average(ctx: ConvertContext, node: Node) -> None:
     reduced axis; ``returned`` adds sum(w) as a second output (0-d for 1-D weights: MXNet
     does not broadcast it as NumPy does)."""
     dtype = ctx.output_dtype(node)
-    if dtype not in ("float16", "float32", "float64"):
+    if dtype not in FLOATS:
         raise Unsupported(f"average giving {dtype}")
     shape = input_shape(ctx, node, 0)
     axes = _axes(ctx, node, len(shape))
@@ -751,7 +749,7 @@ def norm(ctx: ConvertContext, node: Node) -> None:
     if flag not in (-2, -1, 1) or order not in (1, 2) or (order == 1 and flag != -1) \
             or (flag == -1 and len(axes) != 1):
         raise Unsupported(f"norm with ord={order}, flag={flag}")
-    if dtype not in ("float16", "float32", "float64") or ctx.dtype(node, 0) != dtype:
+    if dtype not in FLOATS or ctx.dtype(node, 0) != dtype:
         raise Unsupported(f"norm of {ctx.dtype(node, 0)}")
     op_type = "ReduceL1" if order == 1 else "ReduceL2"
     in_dtype(ctx, [ctx.input(node, 0)], dtype, "float32" if dtype == "float16" else dtype,
