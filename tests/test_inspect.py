@@ -14,25 +14,18 @@ import pytest
 
 import graphopt
 from graphopt.analysis import format_inspection, human_bytes, human_count, inspect_graph
+from graphopt.mxnet_io import save_symbol
 
 
 def load_symbol(symbol: mx.sym.Symbol, folder, **input_shapes) -> graphopt.Graph:
     """Save ``symbol`` with random parameters (``arg:``/``aux:`` names) and load it back."""
-    arg_shapes, _, aux_shapes = symbol.infer_shape(**input_shapes)
     rng = np.random.default_rng(0)
-    arrays = {}
-    for prefix, names, shapes in (("arg", symbol.list_arguments(), arg_shapes),
-                                  ("aux", symbol.list_auxiliary_states(), aux_shapes)):
-        for name, shape in zip(names, shapes):
-            if name not in input_shapes:
-                value = rng.uniform(0.5, 1.5, shape) if prefix == "aux" else rng.normal(size=shape)
-                arrays[f"{prefix}:{name}"] = mx.nd.array(value.astype(np.float32))
-    symbol.save(str(folder / "model-symbol.json"))
-    params_path = None
-    if arrays:  # MXNet reads an empty dict back as an empty list, which has no names
-        params_path = folder / "model-0000.params"
-        mx.nd.save(str(params_path), arrays)
-    return graphopt.load(folder / "model-symbol.json", params_path, inputs=input_shapes)
+
+    def value(kind: str, _name: str, shape: tuple) -> np.ndarray:
+        drawn = rng.uniform(0.5, 1.5, shape) if kind == "aux" else rng.normal(size=shape)
+        return drawn.astype(np.float32)
+    symbol_path, params_path = save_symbol(symbol, folder / "model", input_shapes, value)
+    return graphopt.load(symbol_path, params_path, inputs=input_shapes)
 
 
 def layer(report: dict, name: str) -> dict:

@@ -21,6 +21,7 @@ import graphopt
 from conftest import relative_error
 from fixtures import build, zoo
 from graphopt import Tensor, TensorType
+from graphopt.mxnet_io import save_symbol
 from graphopt.rewrite import format_report, rewrite
 from graphopt.rewrite.numeric import run_graph
 
@@ -143,19 +144,13 @@ def batchnorm_after_conv(**bn_attrs) -> mx.sym.Symbol:
 
 def symbol_graph(symbol: mx.sym.Symbol, shape, tmp_path, **values) -> graphopt.Graph:
     """Export ``symbol`` with seeded parameters (``values`` fixes some) and load it."""
-    arg_shapes, _, aux_shapes = symbol.infer_shape(data=shape)
     rng = np.random.RandomState(1)
-    saved = {}
-    for prefix, names, shapes in (("arg", symbol.list_arguments(), arg_shapes),
-                                  ("aux", symbol.list_auxiliary_states(), aux_shapes)):
-        for name, param_shape in zip(names, shapes):
-            if name != "data":
-                value = values.get(name, rng.uniform(0.5, 1.5, param_shape))
-                saved[f"{prefix}:{name}"] = mx.nd.array(value * np.ones(param_shape))
-    symbol.save(str(tmp_path / "model-symbol.json"))
-    mx.nd.save(str(tmp_path / "model-0000.params"), saved)
-    return graphopt.load(tmp_path / "model-symbol.json", tmp_path / "model-0000.params",
-                         inputs={"data": shape})
+
+    def value(_kind: str, name: str, param_shape: tuple) -> np.ndarray:
+        drawn = rng.uniform(0.5, 1.5, param_shape)  # drawn even when fixed: the seeds stay put
+        return (values.get(name, drawn) * np.ones(param_shape)).astype(np.float32)
+    symbol_path, params_path = save_symbol(symbol, tmp_path / "model", {"data": shape}, value)
+    return graphopt.load(symbol_path, params_path, inputs={"data": shape})
 
 
 def test_fix_gamma_true_ignores_a_stored_gamma_of_100(tmp_path):

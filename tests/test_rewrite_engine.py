@@ -20,7 +20,7 @@ import graphopt
 from conftest import relative_error
 from fixtures import build, zoo
 from graphopt.errors import RuleError
-from graphopt.mxnet_io import graph_to_json
+from graphopt.mxnet_io import graph_to_json, save_symbol
 from graphopt.rewrite import (FUNCTIONS, format_report, load_rule_file, register_function,
                               rewrite)
 from graphopt.rewrite.numeric import run_graph
@@ -149,16 +149,10 @@ def test_explain_says_per_rule_how_often_it_fired_and_why_not_elsewhere(tmp_path
     head = mx.sym.BatchNorm(cat, fix_gamma=False, name="bn_after_cat")
     conv9 = mx.sym.Convolution(head, kernel=(1, 1), num_filter=2, name="conv9")
     out = mx.sym.BatchNorm(conv9, fix_gamma=False, name="bn9")
-    arg_shapes, _, aux_shapes = out.infer_shape(data=(1, 4, 5, 5))
     rng = np.random.RandomState(0)
-    params = {f"{kind}:{name}": mx.nd.array(rng.uniform(0.5, 1.5, shape))
-              for kind, names, shapes in (("arg", out.list_arguments(), arg_shapes),
-                                          ("aux", out.list_auxiliary_states(), aux_shapes))
-              for name, shape in zip(names, shapes) if name != "data"}
-    out.save(str(tmp_path / "m-symbol.json"))
-    mx.nd.save(str(tmp_path / "m-0000.params"), params)
-    graph = graphopt.load(tmp_path / "m-symbol.json", tmp_path / "m-0000.params",
-                          inputs={"data": (1, 4, 5, 5)})
+    files = save_symbol(out, tmp_path / "m", {"data": (1, 4, 5, 5)},
+                        lambda _kind, _name, shape: rng.uniform(0.5, 1.5, shape).astype(np.float32))
+    graph = graphopt.load(*files, inputs={"data": (1, 4, 5, 5)})
 
     _, report = rewrite(graph)
     text = format_report(report, explain=True)
@@ -220,14 +214,10 @@ def test_the_edit_vocabulary_can_insert_quantize_dequantize(tmp_path):
     hidden = mx.sym.Activation(mx.sym.FullyConnected(data, num_hidden=16, name="fc1"),
                                act_type="tanh", name="tanh")
     out = mx.sym.FullyConnected(hidden, num_hidden=4, name="fc2")
-    arg_shapes, _, _ = out.infer_shape(data=(2, 8))
     rng = np.random.RandomState(0)
-    params = {f"arg:{name}": mx.nd.array(rng.normal(0, 0.5, shape))
-              for name, shape in zip(out.list_arguments(), arg_shapes) if name != "data"}
-    out.save(str(tmp_path / "mlp-symbol.json"))
-    mx.nd.save(str(tmp_path / "mlp-0000.params"), params)
-    graph = graphopt.load(tmp_path / "mlp-symbol.json", tmp_path / "mlp-0000.params",
-                          inputs={"data": (2, 8)})
+    files = save_symbol(out, tmp_path / "mlp", {"data": (2, 8)},
+                        lambda _kind, _name, shape: rng.normal(0, 0.5, shape).astype(np.float32))
+    graph = graphopt.load(*files, inputs={"data": (2, 8)})
 
     quantized, report = rewrite(graph, rules=load_rule_file(path), check="numeric")
     assert report.applied() == 2 and report.checks[0].kept

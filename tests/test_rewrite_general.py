@@ -14,7 +14,7 @@ import pytest
 
 import graphopt
 from conftest import relative_error
-from graphopt.mxnet_io import graph_to_json
+from graphopt.mxnet_io import graph_to_json, save_symbol
 from graphopt.rewrite import format_report, rewrite
 from graphopt.runtime import MXNetModel
 
@@ -25,23 +25,17 @@ def export_and_load(symbol: mx.sym.Symbol, tmp_path, dtype: str = "float32",
                     **shapes) -> graphopt.Graph:
     """Save ``symbol`` with seeded parameters (BatchNorm variances and gammas in [0.5, 1.5],
     so that a fold that ignores them shows) and load it as a user would."""
-    arg_shapes, _, aux_shapes = symbol.infer_shape_partial(**shapes)
     rng = np.random.RandomState(0)
-    saved = {}
-    for prefix, names, param_shapes in (("arg", symbol.list_arguments(), arg_shapes),
-                                        ("aux", symbol.list_auxiliary_states(), aux_shapes)):
-        for name, shape in zip(names, param_shapes):
-            if name in shapes:
-                continue
-            low = 0.5 if name.endswith(("var", "gamma")) else -0.5
-            # MXNet's BatchNorm keeps float32 statistics for float16 data
-            kind = "float32" if dtype == "float16" and ("aux" == prefix or "gamma" in name
-                                                        or "beta" in name) else dtype
-            saved[f"{prefix}:{name}"] = mx.nd.array(rng.uniform(low, low + 1, shape), dtype=kind)
-    symbol.save(str(tmp_path / "model-symbol.json"))
-    mx.nd.save(str(tmp_path / "model-0000.params"), saved)
-    return graphopt.load(tmp_path / "model-symbol.json", tmp_path / "model-0000.params",
-                         inputs=shapes, dtypes={name: dtype for name in shapes})
+
+    def value(kind: str, name: str, shape: tuple) -> np.ndarray:
+        low = 0.5 if name.endswith(("var", "gamma")) else -0.5
+        # MXNet's BatchNorm keeps float32 statistics for float16 data
+        stored = "float32" if dtype == "float16" and (kind == "aux" or "gamma" in name
+                                                      or "beta" in name) else dtype
+        return rng.uniform(low, low + 1, shape).astype(stored)
+    symbol_path, params_path = save_symbol(symbol, tmp_path / "model", shapes, value)
+    return graphopt.load(symbol_path, params_path, inputs=shapes,
+                         dtypes={name: dtype for name in shapes})
 
 
 def seeded(dtype: str = "float32", seed: int = 0, **shapes) -> dict[str, np.ndarray]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Mapping
 
 import mxnet as mx
+import numpy as np
 
 from graphopt._files import atomic_paths
 from graphopt.errors import ModelFileError
@@ -56,6 +58,32 @@ def save_mxnet(graph: Graph, prefix: str | os.PathLike, epoch: int = 0) -> tuple
             mx.util.np_shape(numpy_shapes):
         mx.nd.save(str(params_temp), params_for_mxnet(graph, copy=False))
         symbol_temp.write_text(text, encoding="utf-8")
+    return symbol_path, params_path
+
+
+def save_symbol(symbol: mx.sym.Symbol, prefix: str | os.PathLike,
+                input_shapes: Mapping[str, tuple],
+                value: Callable[[str, str, tuple], np.ndarray]) -> tuple[Path, Path | None]:
+    """Write an ``mx.sym`` symbol as ``PREFIX-symbol.json`` and ``PREFIX-0000.params`` the way
+    Gluon's ``export`` does (``arg:``/``aux:`` names): every argument and aux state that is not
+    an input holds ``value(kind, name, shape)`` (kind ``"arg"`` or ``"aux"``), asked in MXNet's
+    order, arguments first, with shapes inferred from ``input_shapes``. Without parameters no
+    params file is written (MXNet reads an empty one back as a list) and its path is None.
+    For building models from symbols: the rule test vectors, and the tests."""
+    # partial: MXNet infers the parameters but not the outputs of a _while_loop or _cond
+    arg_shapes, _, aux_shapes = symbol.infer_shape_partial(**input_shapes)
+    arrays = {}
+    for kind, names, shapes in (("arg", symbol.list_arguments(), arg_shapes),
+                                ("aux", symbol.list_auxiliary_states(), aux_shapes)):
+        for name, shape in zip(names, shapes):
+            if name not in input_shapes:
+                array = np.asarray(value(kind, name, tuple(shape)))
+                arrays[f"{kind}:{name}"] = mx.nd.array(array, dtype=array.dtype)
+    symbol_path, params_path = Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params")
+    symbol.save(str(symbol_path))
+    if not arrays:
+        return symbol_path, None
+    mx.nd.save(str(params_path), arrays)
     return symbol_path, params_path
 
 

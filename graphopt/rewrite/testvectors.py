@@ -21,6 +21,7 @@ import numpy as np
 
 from graphopt.ir.graph import Graph
 from graphopt.mxnet_io.load import load
+from graphopt.mxnet_io.save import save_symbol
 from graphopt.rewrite.numeric import relative_error, run_graph, seeded_inputs
 from graphopt.rewrite.rules import Rule
 
@@ -72,27 +73,16 @@ def build_vector_symbol(vector: dict) -> mx.sym.Symbol:
 
 def build_vector_graph(vector: dict, folder: str | Path, seed: int = 0) -> Graph:
     """Export the test vector as an MXNet model into ``folder`` and load it, as a user would."""
-    symbol = build_vector_symbol(vector)
     shapes = {name: tuple(shape) for name, shape in vector["inputs"].items()}
-    arg_shapes, _, aux_shapes = symbol.infer_shape(**shapes)
     rng = np.random.RandomState(seed)
     fixed = vector.get("params", {})
-    saved = {}
-    for prefix, names, param_shapes in (("arg", symbol.list_arguments(), arg_shapes),
-                                        ("aux", symbol.list_auxiliary_states(), aux_shapes)):
-        for name, shape in zip(names, param_shapes):
-            if name in shapes:
-                continue
-            value = (np.full(shape, fixed[name], np.float32) if name in fixed
-                     else _random_value(name, tuple(shape), rng))
-            saved[f"{prefix}:{name}"] = mx.nd.array(value)
-    folder = Path(folder)
-    symbol.save(str(folder / "vector-symbol.json"))
-    params_path = None
-    if saved:  # MXNet reads an empty dict back as a list, which no loader accepts
-        params_path = folder / "vector-0000.params"
-        mx.nd.save(str(params_path), saved)
-    return load(folder / "vector-symbol.json", params_path, inputs=shapes, name=vector["name"])
+
+    def value(_kind: str, name: str, shape: tuple) -> np.ndarray:
+        return (np.full(shape, fixed[name], np.float32) if name in fixed
+                else _random_value(name, shape, rng))
+    symbol_path, params_path = save_symbol(build_vector_symbol(vector), Path(folder) / "vector",
+                                           shapes, value)
+    return load(symbol_path, params_path, inputs=shapes, name=vector["name"])
 
 
 def run_test_vector(rule: Rule, vector: dict) -> VectorResult:
