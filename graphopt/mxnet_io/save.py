@@ -109,7 +109,7 @@ def _outputs_keep_their_names(graph: Graph, data: dict) -> dict:
             continue
         new_name = label[:-len(suffix)] if suffix and label.endswith(suffix) else None
         if entry["op"] != "null" and new_name and new_name not in taken \
-                and head[0] not in keeps_own_name | renamed:
+                and head[0] not in keeps_own_name and head[0] not in renamed:
             taken.add(new_name)
             entry["name"] = new_name
             renamed.add(head[0])

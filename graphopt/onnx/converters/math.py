@@ -144,7 +144,8 @@ SCALAR_OPS = {
 }
 
 
-def _apply(ctx: ConvertContext, operation: str, a: str, b: str, dtype: str, output: str) -> str:
+def apply_operation(ctx: ConvertContext, operation: str, a: str, b: str, dtype: str,
+                    output: str) -> str:
     """``operation`` on two ``dtype`` values; 8-bit integers go through int32 (wrapping back,
     as C's arithmetic on them does)."""
     return in_dtype(ctx, [a, b], dtype, arithmetic_dtype(dtype), OPERATIONS[operation], output)
@@ -152,8 +153,8 @@ def _apply(ctx: ConvertContext, operation: str, a: str, b: str, dtype: str, outp
 
 @converter(*BINARY_OPS)
 def binary(ctx: ConvertContext, node: Node) -> None:
-    _apply(ctx, BINARY_OPS[node.op], ctx.input(node, 0), ctx.input(node, 1), ctx.dtype(node, 0),
-           ctx.output(node))
+    apply_operation(ctx, BINARY_OPS[node.op], ctx.input(node, 0), ctx.input(node, 1),
+                    ctx.dtype(node, 0), ctx.output(node))
 
 
 @converter(*SCALAR_OPS)
@@ -168,7 +169,7 @@ def scalar(ctx: ConvertContext, node: Node) -> None:
     operands = [data, typed(ctx, ctx.attr(node, "scalar"), dtype)]
     if scalar_first:
         operands.reverse()
-    _apply(ctx, operation, *operands, dtype, ctx.output(node))
+    apply_operation(ctx, operation, *operands, dtype, ctx.output(node))
 
 
 @converter("add_n")

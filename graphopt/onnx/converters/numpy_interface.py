@@ -19,7 +19,7 @@ import numpy as np
 
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import CONVERTERS, ConvertContext, Unsupported, converter
-from graphopt.onnx.converters.math import OPERATIONS, _apply, arithmetic_dtype, in_dtype
+from graphopt.onnx.converters.math import OPERATIONS, apply_operation, arithmetic_dtype, in_dtype
 from graphopt.onnx.converters.tensor import (cast, input_batch_axes, input_shape, normalize_axis,
                                              reduce, reshape_output, runtime_dims, slice_value,
                                              squeeze, typed, unsqueeze)
@@ -43,7 +43,7 @@ def _operate(ctx: ConvertContext, node: Node, operation: str, a: str, b: str, wo
     if operation in COMPARISONS.values():
         OPERATIONS[operation](ctx, a, b, "bool", ctx.output(node))
     else:
-        _apply(ctx, operation, a, b, work, ctx.output(node))
+        apply_operation(ctx, operation, a, b, work, ctx.output(node))
 
 
 @converter(*BINARY)
