@@ -9,6 +9,8 @@ Input shapes come from ``--input data:1x3x224x224`` (repeatable), optionally wit
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -153,6 +155,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("inspect", help="inputs, outputs, op histogram, parameters, MACs/FLOPs")
@@ -201,11 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules-dir", action="append")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_rules)
+
+    # each compression keeps its own commands beside its code: ``add_commands(commands)`` in
+    # graphopt/<room>/cli.py, using _model_arguments/_load from here
+    for module in COMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).add_commands(commands)
     return parser
+
+
+COMMAND_MODULES = ("graphopt.quantize.cli", "graphopt.prune.cli", "graphopt.distill.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet or getattr(args, "json", False):
+        from graphopt import _progress
+        _progress.set_enabled(False)
     try:
         return args.run(args)
     except GraphoptError as error:

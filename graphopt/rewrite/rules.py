@@ -23,10 +23,12 @@ from graphopt.errors import RuleError
 from graphopt.rewrite.registry import FUNCTIONS, GUARDS, Registered
 from graphopt.schema import OpSpec, mxnet_schema
 
-# Phases run in this order. ``lower`` is not a default phase: it trades a fused op for simpler
-# ones (BatchNorm -> multiply + add), which is slower in MXNet and only worth it for a consumer
-# that wants no BatchNorm (e.g. before quantization). Later work adds its phases here.
-PHASES = ("cleanup", "fold", "lower")
+# Phases run in this order. Only cleanup and fold run by default; the others are asked for:
+# ``lower`` trades a fused op for simpler ones (BatchNorm -> multiply + add), slower in MXNet and
+# only worth it for a consumer that wants no BatchNorm; ``drop_channels`` deletes the channels
+# pruning zeroed (graphopt.prune); ``quantize`` inserts quantize/dequantize pairs
+# (graphopt.quantize), last, so that it sees the graph every other phase left.
+PHASES = ("cleanup", "fold", "lower", "drop_channels", "quantize")
 DEFAULT_PHASES = ("cleanup", "fold")
 
 DEFAULT_TOLERANCE = 1e-5
