@@ -78,3 +78,8 @@ class RuleError(GraphoptError):
 
 class EnvironmentMismatchError(GraphoptError):
     """The installed libraries are of versions graphopt cannot work with (e.g. numpy >= 1.24)."""
+
+
+class DataError(GraphoptError):
+    """Data given to train or calibrate on is unusable: empty, of the wrong shape or dtype, or
+    with labels outside the model's classes."""
