@@ -16,12 +16,12 @@ from graphopt.rewrite import guards as _guards  # noqa: F401  (registers the bui
 from graphopt.rewrite import tensor_math as _tensor_math  # noqa: F401  (and the functions)
 from graphopt.rewrite.engine import list_rules, rewrite
 from graphopt.rewrite.match import Ref
-from graphopt.rewrite.registry import (FUNCTIONS, GUARDS, NoRewrite, register_function,
-                                       register_guard)
+from graphopt.rewrite.registry import (FUNCTIONS, GUARDS, NoRewrite, register_context_factory,
+                                       register_function, register_guard, rewrite_context)
 from graphopt.rewrite.report import Attempt, Report, format_report
 from graphopt.rewrite.rules import (DEFAULT_PHASES, PHASES, Rule, builtin_rules_dir,
                                     load_rule_file, load_rules)
 
 __all__ = ["rewrite", "list_rules", "format_report", "Report", "Attempt", "Rule", "Ref",
            "load_rules", "load_rule_file", "builtin_rules_dir", "register_guard",
-           "register_function", "NoRewrite", "GUARDS", "FUNCTIONS", "PHASES", "DEFAULT_PHASES"]
+           "register_function", "NoRewrite", "rewrite_context", "register_context_factory", "GUARDS", "FUNCTIONS", "PHASES", "DEFAULT_PHASES"]

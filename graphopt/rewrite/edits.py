@@ -24,7 +24,7 @@ import numpy as np
 
 from graphopt.errors import GraphError
 from graphopt.ir.graph import Graph, Tensor, TensorType
-from graphopt.rewrite.match import Match, readers, slot_name
+from graphopt.rewrite.match import Match, Ref, readers, slot_name
 from graphopt.rewrite.rules import Edit, Rule
 from graphopt.rewrite.validate import visible_outputs
 from graphopt.schema import format_value, mxnet_schema
@@ -61,6 +61,8 @@ class EditRun:
             return Tensor(self.node_name(base), int(index))
         if name in self.new:
             return self.new[name]
+        if isinstance(self.values.get(name), Ref):  # a function chose the tensor
+            return self.values[name].tensor
         return self.match.tensors[name]
 
     def node_name(self, name: str) -> str:
@@ -84,7 +86,7 @@ class EditRun:
 
     def source(self, name: str, consumer: str, slot: int, kind: str = "param") -> Tensor:
         """The tensor for ``name``: a bound tensor, or a new parameter for a computed array."""
-        if name in self.values:
+        if name in self.values and not isinstance(self.values[name], Ref):
             param_name = f"{consumer}_{slot_name(self.graph.node(consumer).op, slot)}"
             return Tensor(self.param(self.values[name], param_name, kind), 0)
         tensor = self.tensor(name)

@@ -23,7 +23,7 @@ from graphopt.ir.graph import Graph
 from graphopt.rewrite.edits import EditSummary, apply_edits
 from graphopt.rewrite.match import Mismatch, Ref, match_rule
 from graphopt.rewrite.numeric import relative_error, run_graph, seeded_inputs
-from graphopt.rewrite.registry import FUNCTIONS, GUARDS, NoRewrite
+from graphopt.rewrite.registry import _CONTEXT, FUNCTIONS, GUARDS, NoRewrite
 from graphopt.rewrite.report import Attempt, PhaseCheck, Report
 from graphopt.rewrite.rules import DEFAULT_PHASES, PHASES, Call, Rule, load_rules
 from graphopt.rewrite.validate import (LocalShapeInference, TopologicalIndex, check_slots,
@@ -60,10 +60,12 @@ def select_rules(rules: Sequence[Rule | str] | None, rules_dirs: Iterable[str] |
 
 def rewrite(graph: Graph, rules: Sequence[Rule | str] | None = None,
             phases: Sequence[str] | None = None, rules_dirs: Iterable[str] | None = None,
-            check: str | None = None) -> tuple[Graph, Report]:
+            check: str | None = None, context: dict[str, Any] | None = None) -> tuple[Graph, Report]:
     """Rewrite a copy of ``graph`` with ``rules`` (default: the built-in rules plus those of
     ``rules_dirs``) in ``phases`` (default: the default phases; all phases of the given rules
-    when ``rules`` is given). Returns the new graph and the :class:`Report`."""
+    when ``rules`` is given). Returns the new graph and the :class:`Report`. ``context`` is
+    what guards and functions read with ``registry.rewrite_context()`` while this rewrite runs
+    (the calibration table of a quantization, say)."""
     if check not in (None, "numeric"):
         raise ValueError(f"check must be None or 'numeric', not {check!r}")
     selected, chosen = select_rules(rules, rules_dirs)
@@ -79,7 +81,11 @@ def rewrite(graph: Graph, rules: Sequence[Rule | str] | None = None,
                          f"every rewrite by shape: load the model with inputs={{name: shape}} "
                          f"(CLI: --input NAME:SHAPE)", file=graph.source.get("symbol"),
                          node=unknown[0], op="null")
-    return Engine(graph, selected, list(phases), check).run()
+    token = _CONTEXT.set(dict(context or {}))
+    try:
+        return Engine(graph, selected, list(phases), check).run()
+    finally:
+        _CONTEXT.reset(token)
 
 
 def _op_nodes(graph: Graph):

@@ -19,9 +19,10 @@ node, a parameter, any tensor; ``None`` for an absent optional slot), the values
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 
 class NoRewrite(Exception):
@@ -80,3 +81,30 @@ def register_function(function: Callable | None = None, *, name: str | None = No
         FUNCTIONS[key] = Registered(key, fn, low, high, names)
         return fn
     return register(function) if function is not None else register
+
+
+# --- the rewrite context ---------------------------------------------------------------------
+# What a rewrite needs besides the graph and cannot be a literal of a rule file: the calibration
+# table and the options of a quantization, say. ``rewrite(graph, ..., context={...})`` makes it
+# readable by every guard and function through :func:`rewrite_context` while the rewrite runs.
+
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "graphopt_rewrite_context", default={})
+
+# Test vectors name a context entry by a key of this table: the factory builds the value from
+# the vector's graph, its seeded inputs and the vector's setting (``context = { key = setting }``).
+CONTEXT_FACTORIES: dict[str, Callable[[Any, dict, Any], Any]] = {}
+
+
+def rewrite_context() -> Mapping[str, Any]:
+    """The ``context`` given to the running :func:`~graphopt.rewrite.rewrite` (empty if none)."""
+    return _CONTEXT.get()
+
+
+def register_context_factory(key: str):
+    """Register ``factory(graph, inputs, setting) -> value`` for context entry ``key`` of test
+    vectors (usable as a decorator)."""
+    def register(factory: Callable) -> Callable:
+        CONTEXT_FACTORIES[key] = factory
+        return factory
+    return register

@@ -5,7 +5,9 @@ A test vector (``[[rule.NAME.tests]]``) gives the graph inputs with their shapes
 (MXNet creates the parameters a node does not name, e.g. ``conv_weight``; a name that is neither
 a node nor an input is a parameter), the outputs, and what must happen: ``applied`` times the
 rule fires, ``refused_by`` the guard or function (or ``"pattern"``) that must stop it, and
-``remaining`` op counts. Parameters get seeded random values (variances and gammas in
+``remaining`` op counts, and ``context`` what the rewrite's guards and functions read (a key
+with a registered context factory, such as quantization's ``quantize``, is built from the
+vector's graph and seeded inputs). Parameters get seeded random values (variances and gammas in
 [0.5, 1.5], so that a fold that ignores them shows); ``params`` fixes some to a constant.
 """
 
@@ -23,6 +25,7 @@ from graphopt.ir.graph import Graph
 from graphopt.mxnet_io.load import load
 from graphopt.mxnet_io.save import save_symbol
 from graphopt.rewrite.numeric import relative_error, run_graph, seeded_inputs
+from graphopt.rewrite.registry import CONTEXT_FACTORIES
 from graphopt.rewrite.rules import Rule
 
 
@@ -94,7 +97,9 @@ def run_test_vector(rule: Rule, vector: dict) -> VectorResult:
         graph = build_vector_graph(vector, folder, seed)
     inputs = seeded_inputs(graph, seed)
     before = run_graph(graph, inputs)
-    new_graph, report = rewrite(graph, rules=[rule])
+    context = {key: (CONTEXT_FACTORIES[key](graph, inputs, setting) if key in CONTEXT_FACTORIES
+                     else setting) for key, setting in vector.get("context", {}).items()}
+    new_graph, report = rewrite(graph, rules=[rule], context=context)
     after = run_graph(new_graph, inputs)
     error = relative_error(before, after)
     applied = report.applied(rule.name)
