@@ -83,3 +83,8 @@ class EnvironmentMismatchError(GraphoptError):
 class DataError(GraphoptError):
     """Data given to train or calibrate on is unusable: empty, of the wrong shape or dtype, or
     with labels outside the model's classes."""
+
+
+class PruneError(GraphoptError):
+    """A pruning request cannot be met as asked: a threshold, sparsity or ratio out of range, or
+    a layer pattern that matches no prunable layer (the message lists what exists)."""
