@@ -36,9 +36,16 @@ import graphopt.rewrite as _rewrite_package  # noqa: E402
 # ``from graphopt.rewrite import format_report`` still finds the package in sys.modules.
 rewrite = _rewrite_package.rewrite
 
+import graphopt.distill as _distill_package  # noqa: E402
+
+# ``graphopt.distill(teacher, student, data)`` (issue 10): the function shadows its subpackage's
+# name the same way; ``from graphopt.distill import DistillResult`` still finds the package.
+distill = _distill_package.distill
+DistillResult = _distill_package.DistillResult
+
 __version__ = "0.1.0"
 
 __all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_mxnet", "to_onnx",
-           "compare", "rewrite", "inspect_graph",
+           "compare", "rewrite", "inspect_graph", "distill", "DistillResult",
            "GraphoptError", "ModelFileError", "UnknownOpError", "ParameterError", "ShapeError",
            "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError"]
