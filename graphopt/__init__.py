@@ -36,6 +36,11 @@ import graphopt.rewrite as _rewrite_package  # noqa: E402
 # ``from graphopt.rewrite import format_report`` still finds the package in sys.modules.
 rewrite = _rewrite_package.rewrite
 
+# ``graphopt.prune(graph, method=...)`` likewise (issue 9); ``from graphopt.prune import ...``
+# still finds the package.
+import graphopt.prune as _prune_package  # noqa: E402
+prune = _prune_package.prune
+
 import graphopt.distill as _distill_package  # noqa: E402
 
 # ``graphopt.distill(teacher, student, data)`` (issue 10): the function shadows its subpackage's
@@ -46,6 +51,6 @@ DistillResult = _distill_package.DistillResult
 __version__ = "0.1.0"
 
 __all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_mxnet", "to_onnx",
-           "compare", "rewrite", "inspect_graph", "distill", "DistillResult",
+           "compare", "rewrite", "prune", "inspect_graph", "distill", "DistillResult",
            "GraphoptError", "ModelFileError", "UnknownOpError", "ParameterError", "ShapeError",
            "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError"]

@@ -1,2 +1,8 @@
 """Pruning: magnitude and filter pruning, and dropping zeroed channels through every coupled
 tensor (rules in ``rules/prune*.toml``, phase ``drop_channels``). (Issue 9; being built.)"""
+
+# magnitude and filter pruning, the report, the layer selection (graphopt.prune.api and below)
+from graphopt.prune.api import prune  # noqa: E402
+from graphopt.prune.layers import prunable_layers, select_layers  # noqa: E402
+from graphopt.prune.report import PruneReport  # noqa: E402
+from graphopt.prune.storage import load_sparse, save_sparse, storage_sizes  # noqa: E402
