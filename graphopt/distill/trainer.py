@@ -119,9 +119,12 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     if alpha > 0 and first_y is None:
         raise DataError(f"{train.source}: the data has no labels, but alpha = {alpha} > 0 weighs "
                         f"the hard-label loss (use alpha = 0 to learn from the teacher alone)")
+    if teacher_model is not None:
+        _check_input_shape(first_x, teacher_model.input_shape, "teacher", train.source)
     teacher_sample = None if teacher_model is None else teacher_model.logits(first_x)
     classes = _classes(teacher_sample, train, first_y)
     trainee = _trainee(student, classes, seed, first_x)
+    _check_input_shape(first_x, trainee.declared_input_shape, "student", train.source)
     student_sample = _student_logits(trainee.block, first_x)
     _check_outputs(teacher_sample, student_sample)
     check_label_range(first_y, classes, train.source)
@@ -203,6 +206,16 @@ def _classes(teacher_sample: np.ndarray | None, train: ArrayData | LoaderData,
     return int(labels.max()) + 1
 
 
+def _check_input_shape(x: np.ndarray, declared: tuple[int, ...] | None, role: str,
+                       source: str) -> None:
+    """A model loaded with an input shape takes samples of that shape; a model that also runs
+    on other sizes (global pooling) would otherwise train on what the user did not mean."""
+    if declared is not None and tuple(x.shape[1:]) != tuple(declared[1:]):
+        raise DataError(f"{source}: samples of shape {tuple(x.shape[1:])}, but the {role} was "
+                        f"loaded for inputs of shape {tuple(declared)} (per sample "
+                        f"{tuple(declared[1:])})")
+
+
 def _check_outputs(teacher_sample: np.ndarray | None, student_sample: np.ndarray) -> None:
     if student_sample.ndim != 2:
         raise ShapeError(f"the student's output must be class logits (N, classes); it has shape "
@@ -228,6 +241,8 @@ class _Trainee:
     def __init__(self, block: gluon.HybridBlock, graph_student: GraphStudent | None,
                  input_shape: tuple[int, ...], name: str):
         self.block, self._graph_student = block, graph_student
+        self.declared_input_shape = None if graph_student is None else \
+            graph_student.graph.node(graph_student.input_name).shape
         self._input_shape, self._name = input_shape, name
 
     def graph(self) -> Graph:
