@@ -65,13 +65,13 @@ def _threshold_masks(graph: Graph, layers: list[PrunableLayer], threshold: float
         magnitude = np.abs(graph.params[layer.weight])
         keep = magnitude > threshold
         if not keep.any() and magnitude.size:
-            whole.append(f"{layer.name} (largest |w| {float(magnitude.max()):.4g})")
+            whole.append(layer.name)
         masks[layer.weight] = keep
     if whole:
         largest = ", ".join(f"{layer.name} {float(np.abs(graph.params[layer.weight]).max()):.4g}"
                             for layer in layers)
         raise PruneError(f"threshold {threshold:g} would zero every weight of {', '.join(whole)}; "
-                         f"choose a threshold below each selected layer's largest |w|: {largest}")
+                         f"it must stay below each selected layer's largest |w|: {largest}")
     return masks
 
 
