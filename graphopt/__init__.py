@@ -30,6 +30,7 @@ from graphopt.onnx import to_onnx  # noqa: E402
 from graphopt.compare import compare  # noqa: E402
 from graphopt.analysis import inspect_graph  # noqa: E402
 import graphopt.rewrite as _rewrite_package  # noqa: E402
+import graphopt.quantize  # noqa: E402,F401  (registers the quantize ops and the rules' functions)
 
 # ``graphopt.rewrite(graph)`` is the engine's entry point (issue 4). The name is also the
 # subpackage's: after this line ``graphopt.rewrite`` is the function, while

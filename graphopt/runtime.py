@@ -103,6 +103,10 @@ class MXNetModel:
     def _bind(self, symbol: mx.sym.Symbol, inputs: Mapping[str, np.ndarray]):
         arguments = symbol.list_arguments()
         shapes = {name: np.shape(inputs[name]) for name in arguments if name in inputs}
+        # the parameters' shapes too: a Custom op (graphopt's quantize ops) cannot infer the
+        # shapes of its inputs backwards from its readers, as MXNet's own ops do
+        shapes.update({name: self.params[name].shape for name in arguments
+                       if name in self.params and name not in shapes})
         try:
             argument_shapes, _, _ = symbol.infer_shape_partial(**shapes)
         except mx.MXNetError as error:

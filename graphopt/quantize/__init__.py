@@ -1,2 +1,18 @@
 """Post-training int8 quantization: calibration, quantize/dequantize insertion as rules
-(``rules/quantize*.toml``), ONNX QDQ and MXNet int8 emission. (Issue 8; being built.)"""
+(``rules/quantize*.toml``), ONNX QDQ and MXNet int8 emission (issue 8).
+
+    qgraph, report = graphopt.quantize.quantize(graph, calibration, activations="uint8",
+                                                per_channel=True, exclude=(), exclude_first_last=False)
+    graphopt.to_onnx(qgraph, "model-int8.onnx")          # QDQ: QuantizeLinear/DequantizeLinear
+
+Importing this package registers the quantize/dequantize ops with MXNet (``ops``) and the
+rules' guards and functions (``rule_functions``), so it is imported by ``graphopt`` itself.
+"""
+
+from graphopt.quantize import ops  # noqa: F401  (registers the Custom ops with MXNet)
+from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE
+from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize
+from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
+
+__all__ = ["quantize", "QuantizeReport", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
+           "QUANTIZE", "DEQUANTIZE", "DYNAMIC_QUANTIZE"]

@@ -76,6 +76,7 @@ class EditRun:
             return default
         names = {k: (t.node if t is not None else k) for k, t in
                  list(self.match.tensors.items()) + list(self.new.items())}
+        names.update({k: v.name for k, v in self.values.items() if isinstance(v, Ref)})
         return template.format(**names)
 
     def attrs(self, fields: dict) -> dict:

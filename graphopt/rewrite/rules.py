@@ -533,8 +533,8 @@ class _RuleParser:
         except ValueError as error:
             raise self.fail(f"bad name template: {error}", key) from None
         for name in fields:
-            if bound.get(name) not in ("node", "tensor", "new node"):
-                raise self.fail(f"template field {{{name}}} is not a bound node", key)
+            if bound.get(name) not in ("node", "tensor", "new node", "value"):
+                raise self.fail(f"template field {{{name}}} is not a bound name", key)
 
     # test vectors ---------------------------------------------------------------------------
 

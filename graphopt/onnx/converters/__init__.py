@@ -4,5 +4,5 @@ Importing this package fills :data:`graphopt.onnx.context.CONVERTERS`.
 """
 
 from graphopt.onnx.converters import (constant, contrib, control_flow, legacy,  # noqa: F401
-                                       math, nn, numpy_interface, tensor,
+                                       math, nn, numpy_interface, quantize, tensor,
                                        vision)  # (registration)

@@ -1,0 +1,53 @@
+"""graphopt's quantize ops (``Custom`` with op_type ``graphopt_*``, see graphopt.quantize.ops)
+-> ONNX QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear, one to one.
+
+A per-tensor scale and zero point (shape (1,) in the IR, where MXNet has no 0-d arrays) are
+written as ONNX scalars, which is what per-tensor means to QuantizeLinear; per-channel ones stay
+1-D with the node's ``axis`` (opset >= 13, which graphopt's minimum opset already is). Other
+``Custom`` ops (a user's Python op) have no ONNX form and are refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir.graph import Node
+from graphopt.onnx.context import ConvertContext, Unsupported, converter
+from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE, node_axis
+
+
+def _scale_and_zero_point(ctx: ConvertContext, node: Node, axis: int | None) -> list[str]:
+    if axis is not None:
+        return [ctx.input(node, 1), ctx.input(node, 2)]
+    values = [ctx.param(node, slot) for slot in (1, 2)]
+    if any(v is None for v in values):    # computed at run time (dynamic quantization): (1,)
+        shape = ctx.int64s([], hint="scalar_shape")
+        return [ctx.emit1("Reshape", [ctx.input(node, slot), shape]) for slot in (1, 2)]
+    return [ctx.constant(np.asarray(v).reshape(()), hint=hint)
+            for v, hint in zip(values, ("scale", "zero_point"))]
+
+
+def _linear(ctx: ConvertContext, node: Node, op_type: str) -> None:
+    axis = node_axis(node)
+    rank = len(ctx.shape(node, 0) or ())
+    if axis is not None:
+        axis = axis % rank if rank else axis
+    inputs = [ctx.input(node, 0), *_scale_and_zero_point(ctx, node, axis)]
+    ctx.emit(op_type, inputs, [ctx.output(node)], axis=axis)
+
+
+@converter("Custom")
+def custom(ctx: ConvertContext, node: Node) -> None:
+    op_type = node.attrs.get("op_type")
+    if op_type == QUANTIZE:
+        _linear(ctx, node, "QuantizeLinear")
+    elif op_type == DEQUANTIZE:
+        _linear(ctx, node, "DequantizeLinear")
+    elif op_type == DYNAMIC_QUANTIZE:
+        outputs = [ctx.output(node, i) for i in range(3)]
+        quantized, scale, zero_point = ctx.emit("DynamicQuantizeLinear", [ctx.input(node, 0)], 3)
+        ctx.emit1("Identity", [quantized], outputs[0])
+        ctx.emit1("Reshape", [scale, ctx.int64s([1])], outputs[1])
+        ctx.emit1("Reshape", [zero_point, ctx.int64s([1])], outputs[2])
+    else:
+        raise Unsupported(f"Custom op {op_type!r} is a Python op with no ONNX form")

@@ -1,0 +1,81 @@
+"""Scales and zero points: activations per tensor, weights per output channel, biases in int32.
+
+- Activations (``"uint8"``): asymmetric uint8 over the calibrated range widened to hold 0, with
+  an integer zero point, so that 0 (padding, a ReLU's floor) is exactly representable.
+- Activations (``"int8"``): symmetric int8 (zero point 0, scale max|x|/127) for signed tensors;
+  a one-sided tensor (calibrated low end 0, after a ReLU) uses the full int8 grid from 0 up
+  (zero point -128, scale hi/255) -- the grid of MXNet's zero-based uint8, so that a ReLU folds
+  into the quantize (its floor is the grid's floor) and no bit is wasted on negatives.
+- Weights: symmetric int8 in [-127, 127] per slice of the output-channel axis (zero point 0).
+- Bias: int32 with scale = input scale x weight scale (zero point 0), as the int8 kernels add it
+  to their int32 accumulators.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from graphopt.errors import DataError
+
+ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_MAX = 127
+INT32 = np.iinfo(np.int32)
+
+
+class QuantizationWarning(UserWarning):
+    """A tensor whose quantization is degenerate (a constant zero range)."""
+
+
+def activation_qparams(lo: float, hi: float, activations: str, name: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero_point), each of shape (1,), for a tensor calibrated to ``[lo, hi]``."""
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"tensor {name!r} has a non-finite calibrated range [{lo}, {hi}] (NaN or "
+                        f"Inf in its activations): check the calibration data")
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0.0:
+        warnings.warn(f"tensor {name!r} was 0 on every calibration sample (scale 0): it is "
+                      f"quantized with scale 1, which represents only its 0 exactly",
+                      QuantizationWarning, stacklevel=2)
+        hi = 1.0 if activations == "uint8" else 127.0
+    if activations == "uint8":
+        scale = np.float32((hi - lo) / 255.0)
+        zero_point = np.clip(np.rint(-lo / scale), 0, 255).astype(np.uint8)
+        return np.asarray([scale], np.float32), np.asarray([zero_point], np.uint8)
+    if lo == 0.0:   # one-sided: the whole int8 grid from 0 up
+        return np.asarray([hi / 255.0], np.float32), np.asarray([-128], np.int8)
+    return np.asarray([max(-lo, hi) / 127.0], np.float32), np.asarray([0], np.int8)
+
+
+def quantize_weight(weight: np.ndarray, axis: int | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric int8 ``(q, scale, zero_point)``, per slice of ``axis`` (``None``: per tensor)."""
+    weight = np.asarray(weight, np.float32)
+    if axis is None:
+        peak = np.asarray([np.abs(weight).max(initial=0.0)], np.float32)
+        shaped = peak.reshape(())
+    else:
+        others = tuple(a for a in range(weight.ndim) if a != axis)
+        peak = np.abs(weight).max(axis=others, initial=0.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        shaped = peak.reshape(shape)
+    scale = np.where(peak > 0, peak / WEIGHT_MAX, 1.0).astype(np.float32)  # an all-zero channel
+    shaped_scale = np.where(shaped > 0, shaped / WEIGHT_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weight / shaped_scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+    return q, scale, np.zeros(scale.shape, np.int8)
+
+
+def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int32 ``(q, scale, zero_point)`` for a bias with per-channel ``scale`` (input scale x weight
+    scale). A bias too large for int32 at that scale is refused (ValueError)."""
+    bias = np.asarray(bias, np.float32)
+    scale = np.broadcast_to(np.asarray(scale, np.float32), bias.shape).astype(np.float32)
+    q = np.rint(bias.astype(np.float64) / scale.astype(np.float64))
+    if np.any(np.abs(q) > INT32.max):
+        raise ValueError("the bias does not fit int32 at scale input x weight scale")
+    return q.astype(np.int32), scale, np.zeros(scale.shape, np.int32)

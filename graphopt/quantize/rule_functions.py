@@ -1,0 +1,236 @@
+"""The guards and functions ``rules/quantize.toml`` names (registered when graphopt is imported).
+
+They read the quantization's settings from the rewrite context (``context["quantize"]``, a
+:class:`QuantizeOptions`): the calibration table, the activation type, per-channel weights and
+the layers left in float.
+
+Which tensors get a quantize/dequantize pair follows what onnxruntime needs to run a layer in
+int8 (PITFALLS.md, "Quantization"): every activation input of a quantized layer, its weight
+(int8) and bias (int32) and every output edge. A tensor gets one pair, read by all its consumers.
+A tensor that only re-arranges a quantized tensor (max pooling, Flatten, Reshape, transpose)
+reuses its input's scale and zero point, so that onnxruntime runs it on the int8 data directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphopt.quantize import qparams
+from graphopt.quantize.ops import is_dequantize, is_quantize
+from graphopt.rewrite.match import Ref, inputs_in_slot_order
+from graphopt.rewrite.registry import NoRewrite, register_function, register_guard, rewrite_context
+
+# op -> the input slots that carry activations (None: every slot)
+QUANTIZABLE_OPS: dict[str, tuple[int, ...] | None] = {
+    "Convolution": (0,),
+    "FullyConnected": (0,),
+    "Deconvolution": (0,),
+    "elemwise_add": (0, 1),
+    "broadcast_add": (0, 1),
+    "Concat": None,
+    "Pooling": (0,),
+    "batch_dot": (0, 1),
+    "_contrib_interleaved_matmul_selfatt_qk": (0,),
+    "_contrib_interleaved_matmul_selfatt_valatt": (0, 1),
+    "_contrib_interleaved_matmul_encdec_qk": (0, 1),
+    "_contrib_interleaved_matmul_encdec_valatt": (0, 1),
+}
+WEIGHTED_OPS = ("Convolution", "FullyConnected", "Deconvolution")
+# ops whose output holds values of their input only (re-arranged or selected): the output is
+# quantized with the input's scale and zero point
+REARRANGING_OPS = ("Flatten", "Reshape", "transpose", "squeeze", "expand_dims", "SwapAxis")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What ``rules/quantize.toml`` reads from the rewrite context (key ``"quantize"``)."""
+    calibration: Any                      # .range(name, symmetric=...) -> (lo, hi); .names
+    activations: str = "uint8"            # "uint8" (asymmetric) or "int8" (symmetric)
+    per_channel: bool = True
+    excluded: frozenset[str] = field(default_factory=frozenset)   # node names kept in float
+
+
+def options() -> QuantizeOptions:
+    found = rewrite_context().get("quantize")
+    if found is None:
+        raise NoRewrite("no quantization settings in the rewrite context (use "
+                        "graphopt.quantize.quantize)")
+    return found
+
+
+def _calibrated(tensor: Ref) -> bool:
+    return tensor.graph.tensor_name(tensor.tensor) in options().calibration.names
+
+
+# --- guards ------------------------------------------------------------------------------------
+
+def _unsupported_form(layer: Ref) -> str | None:
+    op = layer.op
+    if op == "Pooling" and layer.attr("pool_type") not in ("max", "avg"):
+        return f"{layer.attr('pool_type')} pooling has no int8 kernel"
+    if op in ("Convolution", "Deconvolution") and layer.attr("layout") not in (None, "NCW", "NCHW",
+                                                                                 "NCDHW"):
+        return f"layout {layer.attr('layout')} is not channels-first"
+    if any(layer.graph.tensor_type(t).dtype != "float32"
+           for t in inputs_in_slot_order(layer.graph, layer.name)
+           if not is_dequantize(layer.graph.node(t.node))):
+        return "an input is not float32"
+    return None
+
+
+@register_guard
+def quantize_layer(layer: Ref) -> str | None:
+    """The layer is to run in int8: not excluded, of a form the int8 kernels take, and every
+    tensor it reads or writes was calibrated."""
+    try:
+        settings = options()
+    except NoRewrite as reason:
+        return str(reason)
+    if layer.name in settings.excluded:
+        return f"{layer.name} is excluded from quantization"
+    problem = _unsupported_form(layer)
+    if problem:
+        return problem
+    graph = layer.graph
+    for slot, tensor in _activation_inputs(layer):
+        if not is_dequantize(graph.node(tensor.node)) and \
+                graph.tensor_name(tensor) not in settings.calibration.names:
+            return f"input {graph.tensor_name(tensor)!r} was not calibrated"
+    if not _calibrated(layer) and layer.op not in ("Pooling",):
+        return f"output {graph.tensor_name(layer.tensor)!r} was not calibrated"
+    return None
+
+
+@register_guard
+def activation_folds_into_quantize(activation: Ref, producer: Ref) -> str | None:
+    """``activation`` (ReLU, or clip from 0) is the only reader of a quantized layer's output and
+    its calibrated range starts at 0: quantizing with the zero point at the grid's floor clamps
+    negatives to 0 as the ReLU did, so Q(relu(y)) == Q(y) and the ReLU goes."""
+    if producer.op not in QUANTIZABLE_OPS:
+        return f"{producer.name} ({producer.op}) is not quantized"
+    reason = quantize_layer(producer)
+    if reason:
+        return reason
+    if len(producer.readers()) != 1 or producer.graph.is_output(producer.tensor):
+        return f"{producer.name}'s output has other readers"
+    if not _calibrated(activation):
+        return f"{activation.graph.tensor_name(activation.tensor)!r} was not calibrated"
+    scale, zero_point = tensor_qparams(activation)
+    floor = np.iinfo(zero_point.dtype).min
+    if int(zero_point[0]) != floor:
+        return "its quantization grid does not start at 0 (a signed range)"
+    if activation.op == "clip":
+        a_min, a_max = float(activation.attr("a_min")), float(activation.attr("a_max"))
+        top = float(scale[0]) * (np.iinfo(zero_point.dtype).max - floor)
+        if a_min != 0.0 or a_max < top * (1 - 1e-6):
+            return f"clip({a_min}, {a_max}) is not implied by the grid [0, {top:.4g}]"
+    return None
+
+
+# --- functions ---------------------------------------------------------------------------------
+
+def _activation_inputs(layer: Ref) -> list[tuple[int, Any]]:
+    graph = layer.graph
+    inputs = inputs_in_slot_order(graph, layer.name)
+    slots = QUANTIZABLE_OPS.get(layer.op) or range(len(inputs))
+    found = []
+    for slot in slots:
+        if slot < len(inputs):
+            producer = graph.node(inputs[slot].node)
+            if not (producer.is_variable and producer.kind in ("param", "aux")):
+                found.append((slot, inputs[slot]))
+    return found
+
+
+@register_function(returns="tensor")
+def unquantized_input(layer: Ref) -> Ref:
+    """The first activation input of ``layer`` that no dequantize produces."""
+    for slot, tensor in _activation_inputs(layer):
+        if not is_dequantize(layer.graph.node(tensor.node)):
+            return Ref(layer.graph, f"{layer.binding}_input{slot}", tensor)
+    raise NoRewrite("every activation input is quantized")
+
+
+@register_function(returns="tensor")
+def unquantized_output(layer: Ref) -> Ref:
+    """The layer's output, unless quantize nodes already read it all or the only reader is an
+    activation that will fold into the quantize (``activation_folds_into_quantize``)."""
+    uses = layer.readers()
+    graph = layer.graph
+    if graph.is_output(layer.tensor):
+        # the model's result stays float: quantizing it would only add error (onnxruntime
+        # then runs a Gemm or MatMul with int8 inputs and float output, a Conv in float)
+        raise NoRewrite("its output is a graph output")
+    if uses and all(is_quantize(graph.node(c)) for c, _slot in uses):
+        raise NoRewrite("its output is quantized")
+    if len(uses) == 1 and not graph.is_output(layer.tensor):
+        reader = graph.node(uses[0][0])
+        foldable = (reader.op == "Activation" and reader.attrs.get("act_type") == "relu") \
+            or reader.op == "clip"
+        if foldable and activation_folds_into_quantize(
+                Ref(graph, "activation", _tensor(reader.name)), layer) is None:
+            raise NoRewrite(f"{reader.name} folds into the quantize of its output")
+    return layer
+
+
+def _tensor(name: str):
+    from graphopt.ir.graph import Tensor
+    return Tensor(name, 0)
+
+
+def _dequantize_params(ref: Ref, node_name: str) -> tuple[np.ndarray, np.ndarray]:
+    graph = ref.graph
+    inputs = inputs_in_slot_order(graph, node_name)
+    return graph.params[inputs[1].node], graph.params[inputs[2].node]
+
+
+@register_function(returns=("scale", "zero_point"))
+def tensor_qparams(tensor: Ref) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of an activation tensor: those of its dequantized input when it
+    only re-arranges one (max pooling, Flatten, Reshape...), else from its calibrated range."""
+    graph, node = tensor.graph, tensor.node
+    settings = options()
+    if is_dequantize(node):
+        return _dequantize_params(tensor, node.name)
+    rearranges = node.op in REARRANGING_OPS or (node.op == "Pooling" and
+                                                tensor.attr("pool_type") == "max")
+    if rearranges:
+        source = inputs_in_slot_order(graph, node.name)[0]
+        if is_dequantize(graph.node(source.node)):
+            return _dequantize_params(tensor, source.node)
+    name = graph.tensor_name(tensor.tensor)
+    lo, hi = settings.calibration.range(name, symmetric=settings.activations == "int8")
+    return qparams.activation_qparams(lo, hi, settings.activations, name)
+
+
+def weight_axis(layer: Ref) -> int:
+    """The output-channel axis of the weight: 0 for Convolution and FullyConnected; 1 for
+    Deconvolution, whose weight is (in, out / groups, ...)."""
+    return 1 if layer.op == "Deconvolution" else 0
+
+
+@register_function(returns=("quantized", "scale", "zero_point", "axis"))
+def quantize_weight(layer: Ref, weight: Ref):
+    """Symmetric int8 weight, per output channel (per tensor if the settings say so)."""
+    axis = weight_axis(layer) if options().per_channel else None
+    q, scale, zero_point = qparams.quantize_weight(weight.value, axis)
+    return q, scale, zero_point, axis
+
+
+@register_function(returns=("quantized", "scale", "zero_point"))
+def quantize_bias(layer: Ref, data: Ref, bias: Ref, weight_scale: np.ndarray):
+    """int32 bias with scale input scale x weight scale, per output channel. Deconvolution's
+    channel c of group g uses weight scale c mod (out / groups) (its weight axis 1 is per group)."""
+    per_channel = np.asarray(weight_scale, np.float32)
+    channels = bias.value.shape[0]
+    if per_channel.size not in (1, channels):
+        per_channel = np.tile(per_channel, channels // per_channel.size)
+    input_scale, _zero_point = tensor_qparams(data)   # the scale its quantize has or will have
+    scale = (input_scale[0] * per_channel).astype(np.float32)
+    try:
+        return qparams.quantize_bias(bias.value, np.broadcast_to(scale, (channels,)))
+    except ValueError as error:
+        raise NoRewrite(str(error)) from None
