@@ -83,6 +83,14 @@ def _print_json(value) -> None:
 def cmd_inspect(args) -> int:
     from graphopt.analysis import format_inspection, inspect_graph
     report = inspect_graph(_load(args))
+    if args.compare:
+        import graphopt
+        from graphopt.analysis.inspect import compare_inspections, format_comparison
+        symbol, params = resolve_model(args.compare, args.compare_params)
+        other = graphopt.load(symbol, params, inputs=_shapes(args), dtypes=_dtypes(args))
+        comparison = compare_inspections(report, inspect_graph(other))
+        _print_json(comparison) if args.json else print(format_comparison(comparison))
+        return 0
     _print_json(report) if args.json else print(format_inspection(report))
     return 0
 
@@ -160,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("inspect", help="inputs, outputs, op histogram, parameters, MACs/FLOPs")
     _model_arguments(p)
+    p.add_argument("--compare", metavar="OTHER", help="another model (e.g. the pruned one): "
+                   "params, bytes and MACs per layer and in total, side by side, with ratios")
+    p.add_argument("--compare-params", metavar="PARAMS", help="OTHER's params file (default: beside it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_inspect)
 

@@ -61,7 +61,8 @@ from typing import Any, Callable
 from graphopt.ir.graph import Graph, Node
 from graphopt.schema import attr_or_default, mxnet_schema
 
-__all__ = ["inspect_graph", "format_inspection", "human_count", "human_bytes"]
+__all__ = ["inspect_graph", "format_inspection", "compare_inspections", "format_comparison",
+           "human_count", "human_bytes"]
 
 
 # --- one node's view: attributes with MXNet defaults, input and output shapes ------------------
@@ -289,7 +290,7 @@ def inspect_graph(graph: Graph) -> dict:
     count, most frequent first); ``parameters`` with ``params``, ``aux`` and ``total``, each
     ``count`` (elements), ``bytes`` (sum of the arrays' nbytes) and ``tensors``; ``layers``, one
     entry per op node in topological order (name, op, output shape, the parameter elements it
-    reads, MACs, FLOPs); ``by_op`` (op -> count, MACs, FLOPs); ``totals`` (MACs, FLOPs);
+    reads and their bytes as ``params``/``param_bytes``, MACs, FLOPs); ``by_op`` (op -> count, MACs, FLOPs); ``totals`` (MACs, FLOPs);
     ``uncounted_ops`` (op -> count of nodes with no cost model, counted as 0);
     ``shapes_unknown`` (op -> count of nodes whose shapes are unknown, counted as 0: load the
     model with its input shapes).
@@ -308,11 +309,12 @@ def inspect_graph(graph: Graph) -> dict:
         else:
             macs, flops = 0, 0
             (uncounted if function is None else shapes_unknown)[op] += 1
-        weights = sum(int(graph.params[t.node].size) for t in graph.inputs_of(node.name)
-                      if t.node in graph.params)
+        arrays = [graph.params[t.node] for t in graph.inputs_of(node.name) if t.node in graph.params]
         layers.append({"name": node.name, "op": op,
                        "output_shape": list(node.shape) if node.shape is not None else None,
-                       "params": weights, "macs": int(macs), "flops": int(flops)})
+                       "params": sum(int(a.size) for a in arrays),
+                       "param_bytes": sum(int(a.nbytes) for a in arrays),
+                       "macs": int(macs), "flops": int(flops)})
         entry = by_op.setdefault(op, {"count": 0, "macs": 0, "flops": 0})
         entry["count"] += 1
         entry["macs"] += int(macs)
@@ -424,4 +426,73 @@ def format_inspection(report: dict, layers: str = "weighted") -> str:
                f"{human_count(totals['flops'], 'FLOPs')}, "
                f"{human_count(parameters['total']['count'])} parameters "
                f"({human_bytes(parameters['total']['bytes'])})")
+    return "\n".join(out)
+
+
+# --- two models side by side (``graphopt inspect A --compare B``) -------------------------------
+
+COMPARED = ("params", "param_bytes", "macs", "flops")
+
+
+def _ratio(before: int, after: int) -> float | None:
+    return after / before if before else None
+
+
+def compare_inspections(before: dict, after: dict) -> dict:
+    """Two :func:`inspect_graph` reports side by side: what pruning or folding changed.
+
+    ``layers``: one entry per op node that carries weights or MACs in either model, matched by
+    name (the first model's order, then layers only the second has), each with ``op`` and, for
+    ``params``, ``param_bytes``, ``macs`` and ``flops``, the pair ``[before, after]`` (``None``
+    where a model lacks the layer) and ``macs_ratio`` (after / before). ``totals``: for
+    parameters (elements and bytes, aux states included), MACs and FLOPs, ``before``, ``after``
+    and ``ratio``.
+    """
+    first = {layer["name"]: layer for layer in before["layers"]}
+    second = {layer["name"]: layer for layer in after["layers"]}
+    names = list(first) + [name for name in second if name not in first]
+    layers = []
+    for name in names:
+        a, b = first.get(name), second.get(name)
+        if not any(layer and (layer["macs"] or layer["params"]) for layer in (a, b)):
+            continue
+        entry = {"name": name, "op": (a or b)["op"]}
+        for key in COMPARED:
+            entry[key] = [a.get(key) if a else None, b.get(key) if b else None]
+        entry["macs_ratio"] = _ratio(a["macs"], b["macs"]) if a and b else None
+        layers.append(entry)
+    totals = {}
+    for key, get in (("params", lambda r: r["parameters"]["total"]["count"]),
+                     ("bytes", lambda r: r["parameters"]["total"]["bytes"]),
+                     ("macs", lambda r: r["totals"]["macs"]),
+                     ("flops", lambda r: r["totals"]["flops"])):
+        totals[key] = {"before": get(before), "after": get(after),
+                       "ratio": _ratio(get(before), get(after))}
+    return {"before": before["name"], "after": after["name"], "layers": layers, "totals": totals}
+
+
+def _pair_text(pair, show) -> list[str]:
+    return ["-" if value is None else show(value) for value in pair]
+
+
+def format_comparison(comparison: dict) -> str:
+    """:func:`compare_inspections` as text: per layer params and MACs of both, totals with
+    ratios (after / before)."""
+    rows = []
+    for layer in comparison["layers"]:
+        ratio = layer["macs_ratio"]
+        rows.append([layer["name"], layer["op"], *_pair_text(layer["params"], human_count),
+                     *_pair_text(layer["param_bytes"], human_bytes),
+                     *_pair_text(layer["macs"], human_count),
+                     "-" if ratio is None else f"{ratio:.3f}"])
+    out = [f"{comparison['before']} (before) vs {comparison['after']} (after)", ""]
+    out += _table(["layer", "op", "params", "params after", "bytes", "bytes after", "MACs",
+                   "MACs after", "ratio"], rows, right={2, 3, 4, 5, 6, 7, 8})
+    out.append("")
+    shows = {"params": human_count, "bytes": human_bytes, "macs": human_count,
+             "flops": human_count}
+    out += _table(["total", "before", "after", "after/before"],
+                  [[key, shows[key](t["before"]), shows[key](t["after"]),
+                    "-" if t["ratio"] is None else f"{t['ratio']:.3f}"]
+                   for key, t in comparison["totals"].items()], right={1, 2, 3})
     return "\n".join(out)
