@@ -88,3 +88,8 @@ class DataError(GraphoptError):
 class PruneError(GraphoptError):
     """A pruning request cannot be met as asked: a threshold, sparsity or ratio out of range, or
     a layer pattern that matches no prunable layer (the message lists what exists)."""
+
+
+class CalibrationError(GraphoptError):
+    """Calibration cannot give ranges: NaN or infinity in an activation, a tensor it never saw,
+    a method its table cannot serve, or a calibration table file that cannot be read."""
