@@ -138,8 +138,8 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
     report = PruneReport(method=method, settings=dict(settings), layers=entries,
                          before=_totals(inspection_before), after=_totals(inspection_after))
     if measure_storage:
-        report.storage_before = storage_sizes(before.params)
-        report.storage_after = storage_sizes(after.params)
+        report.storage_before = storage_sizes(before)
+        report.storage_after = storage_sizes(after)
     return report
 
 

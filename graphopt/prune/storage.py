@@ -5,7 +5,8 @@ compressible, and a sparse encoding stores only what is left. :func:`storage_siz
 the parameters (in memory, or to a temporary file for MXNet's own format) in each form and
 reports the bytes:
 
-``mxnet``             the ``.params`` file :func:`graphopt.save_mxnet` writes (``mx.nd.save``)
+``mxnet``             the ``.params`` file :func:`graphopt.save_mxnet` writes (``mx.nd.save``,
+                      ``arg:``/``aux:`` names)
 ``npz_zlib``          the dense arrays in ``np.savez_compressed`` (zip + deflate)
 ``bitmask``           per array a bit per element (``np.packbits`` of ``w != 0``) and the nonzero
                       values, in an uncompressed ``.npz``
@@ -29,6 +30,7 @@ from typing import Mapping
 import numpy as np
 
 from graphopt._files import atomic_write_bytes
+from graphopt.ir.graph import Graph
 
 FORMATS = ("mxnet", "npz_zlib", "bitmask", "bitmask_zlib", "csr")
 
@@ -66,20 +68,21 @@ def _csr_arrays(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _mxnet_bytes(params: Mapping[str, np.ndarray]) -> int:
+def _mxnet_bytes(graph: Graph) -> int:
     import mxnet as mx
+    from graphopt.mxnet_io.save import params_for_mxnet
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model-0000.params")
-        mx.nd.save(path, {name: mx.nd.array(value, dtype=value.dtype)
-                          for name, value in params.items()})
+        mx.nd.save(path, params_for_mxnet(graph, copy=False))
         return os.path.getsize(path)
 
 
-def storage_sizes(params: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Bytes of ``params`` (name -> array) in each of :data:`FORMATS` (module docstring)."""
+def storage_sizes(graph: Graph) -> dict[str, int]:
+    """Bytes of the parameters (and aux states) of ``graph`` in each of :data:`FORMATS`."""
+    params = graph.params
     bitmask = _bitmask_arrays(params)
     return {
-        "mxnet": _mxnet_bytes(params),
+        "mxnet": _mxnet_bytes(graph),
         "npz_zlib": len(_npz_bytes(params, compressed=True)),
         "bitmask": len(_npz_bytes(bitmask, compressed=False)),
         "bitmask_zlib": len(_npz_bytes(bitmask, compressed=True)),
