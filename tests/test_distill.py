@@ -131,10 +131,11 @@ def test_npz_data_and_plain_training_without_teacher(digits, tmp_path):
     np.savez(tmp_path / "train.npz", x=x_train[:FEW], y=y_train[:FEW])
     np.savez(tmp_path / "val.npz", data=x_test[:100], label=y_test[:100])
     result = graphopt.distill(None, "builtin:lenet", tmp_path / "train.npz", tmp_path / "val.npz",
-                              alpha=1.0, epochs=1)
+                              alpha=1.0, epochs=1, lr_schedule="cosine")
     (entry,) = result.history
     assert entry["soft_loss"] is None and entry["loss"] == entry["hard_loss"]
     assert result.teacher_val_accuracy is None and result.settings["classes"] == 10
+    assert result.settings["lr_schedule"] == "cosine"
     assert 0.0 <= entry["val_accuracy"] <= 1.0
 
 
@@ -215,6 +216,7 @@ def test_bad_input_is_refused_before_training(resnet_teacher, digits, tmp_path):
     refused(GraphoptError, r"temperature must be > 0.*alpha must lie in \[0, 1\]",
             temperature=0.0, alpha=1.5)
     refused(GraphoptError, "a teacher is needed unless alpha = 1", teacher=None)
+    refused(GraphoptError, "lr_schedule must be one of", lr_schedule="step")
     refused(GraphoptError, "no built-in student 'resnet'", student="builtin:resnet")
     refused(DataError, "no 'data'", train_data=_npz(tmp_path.parent / "bad.npz", images=x))
 

@@ -33,6 +33,8 @@ def add_commands(commands) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--optimizer", default="adam", help="a Gluon optimizer name")
     p.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"], dest="learning_rate")
+    p.add_argument("--lr-schedule", choices=["cosine"], help="decay the learning rate to 0 along a "
+                                                             "half cosine (default: constant)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--teacher-cache", choices=["auto", "run", "epoch", "batch"], default="auto")
     p.add_argument("-o", "--output", required=True, help="prefix of the trained student")
@@ -52,7 +54,8 @@ def cmd_distill(args) -> int:
     val_data = args.val_data or ("digits" if args.data == "digits" else None)
     result = distill(teacher, student, args.data, val_data, temperature=args.temperature,
                      alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
-                     optimizer=args.optimizer, learning_rate=args.learning_rate, seed=args.seed,
+                     optimizer=args.optimizer, learning_rate=args.learning_rate,
+                     lr_schedule=args.lr_schedule, seed=args.seed,
                      teacher_cache=args.teacher_cache, output=args.output)
     if args.json:
         _print_json({**result.to_dict(), "paths": result.paths})

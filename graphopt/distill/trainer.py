@@ -37,6 +37,7 @@ from graphopt.ir.graph import Graph
 from graphopt.mxnet_io.infer import first_error_line
 
 TEACHER_CACHES = ("auto", "run", "epoch", "batch")
+LR_SCHEDULES = (None, "cosine")
 EVALUATION_BATCH = 256
 
 
@@ -80,8 +81,9 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
             train_data: Any, val_data: Any = None, *, temperature: float = 4.0,
             alpha: float = 0.5, epochs: int = 10, batch_size: int = 64,
             optimizer: str | mx.optimizer.Optimizer = "adam", learning_rate: float = 1e-3,
-            optimizer_params: dict | None = None, seed: int = 0, teacher_cache: str = "auto",
-            keep_zeros: bool = True, output: str | Path | None = None) -> DistillResult:
+            optimizer_params: dict | None = None, lr_schedule: str | None = None, seed: int = 0,
+            teacher_cache: str = "auto", keep_zeros: bool = True,
+            output: str | Path | None = None) -> DistillResult:
     """Train ``student`` to match ``teacher`` (Hinton et al. 2015); see the module docstring.
 
     ``teacher``: a Graph, a model path or a ``(symbol, params)`` pair, run in inference mode
@@ -93,7 +95,8 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     arrays, a DataLoader).
     Loss: ``alpha * CE + (1 - alpha) * T^2 * KL`` (:mod:`graphopt.distill.loss`).
     ``optimizer``: a Gluon optimizer name (with ``learning_rate`` and ``optimizer_params``) or
-    an ``mx.optimizer.Optimizer``. ``seed`` fixes initialisation, shuffling and dropout: the
+    an ``mx.optimizer.Optimizer``. ``lr_schedule="cosine"`` decays the learning rate to 0 along
+    a half cosine over all steps (None: constant). ``seed`` fixes initialisation, shuffling and dropout: the
     same call gives the same history.
     ``teacher_cache``: ``"run"`` computes the teacher's logits of the training set once,
     ``"epoch"`` once per epoch (for a DataLoader: over the epoch's batches, drawn first),
@@ -102,7 +105,7 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     training stays zero, so pruned weights stay pruned while fine-tuning.
     ``output``: a prefix to save the result to (:meth:`DistillResult.save`).
     """
-    _check_settings(temperature, alpha, epochs, batch_size, teacher_cache)
+    _check_settings(temperature, alpha, epochs, batch_size, teacher_cache, lr_schedule)
     if teacher is None and alpha < 1:
         raise GraphoptError(f"a teacher is needed unless alpha = 1 (plain training); alpha is {alpha}")
     train = as_training_data(train_data, "train_data")
@@ -136,7 +139,9 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     settings = {"temperature": temperature, "alpha": alpha, "epochs": epochs,
                 "batch_size": batch_size,
                 "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-                "learning_rate": learning_rate, "optimizer_params": dict(optimizer_params or {}),
+                "learning_rate": learning_rate, "lr_schedule": lr_schedule,
+                "optimizer_params": {key: str(value) if not isinstance(value, (int, float, str))
+                                     else value for key, value in (optimizer_params or {}).items()},
                 "seed": seed, "teacher_cache": cache, "keep_zeros": keep_zeros,
                 "train_data": train.source, "val_data": None if val is None else val.source,
                 "classes": classes}
@@ -145,7 +150,8 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
 
     loop = _Loop(trainee.block, teacher_model if alpha < 1 else None, train, classes, batch_size,
                  cache, temperature, alpha, seed, keep_zeros,
-                 _optimizer(trainee.block, optimizer, learning_rate, optimizer_params))
+                 _optimizer(trainee.block, optimizer, learning_rate, optimizer_params,
+                            _schedule(lr_schedule, learning_rate, epochs, train, batch_size)))
     history, best_epoch, best_accuracy, best_weights = [], 0, None, None
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -168,7 +174,7 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
 
 # --- before training: checks ---------------------------------------------------------------
 
-def _check_settings(temperature, alpha, epochs, batch_size, teacher_cache) -> None:
+def _check_settings(temperature, alpha, epochs, batch_size, teacher_cache, lr_schedule) -> None:
     problems = []
     if not temperature > 0:
         problems.append(f"temperature must be > 0, got {temperature}")
@@ -180,6 +186,8 @@ def _check_settings(temperature, alpha, epochs, batch_size, teacher_cache) -> No
         problems.append(f"batch_size must be a whole number >= 1, got {batch_size}")
     if teacher_cache not in TEACHER_CACHES:
         problems.append(f"teacher_cache must be one of {TEACHER_CACHES}, got {teacher_cache!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if problems:
         raise GraphoptError("; ".join(problems))
 
@@ -283,10 +291,25 @@ def _student_logits(block: gluon.HybridBlock, x: np.ndarray) -> np.ndarray:
     return output.asnumpy()
 
 
-def _optimizer(block, optimizer, learning_rate, optimizer_params) -> gluon.Trainer:
+def _schedule(name: str | None, learning_rate: float, epochs: int,
+              train: ArrayData | LoaderData, batch_size: int):
+    if name is None:
+        return None
+    steps = (train.count_batches(batch_size) if isinstance(train, ArrayData)
+             else train.count_batches())
+    if steps is None:
+        raise GraphoptError("lr_schedule='cosine' needs the number of batches per epoch; this "
+                            "loader has no len()")
+    return mx.lr_scheduler.CosineScheduler(max_update=max(1, epochs * steps),
+                                           base_lr=learning_rate, final_lr=0.0)
+
+
+def _optimizer(block, optimizer, learning_rate, optimizer_params, scheduler) -> gluon.Trainer:
     if isinstance(optimizer, mx.optimizer.Optimizer):
         return gluon.Trainer(block.collect_params(), optimizer)
     options = {"learning_rate": learning_rate, **(optimizer_params or {})}
+    if scheduler is not None:
+        options["lr_scheduler"] = scheduler
     try:
         return gluon.Trainer(block.collect_params(), optimizer, options)
     except (ValueError, TypeError, AssertionError, mx.MXNetError) as error:
