@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from graphopt.errors import GraphError
-from graphopt.ir.graph import Graph
+from graphopt.ir.graph import Graph, Tensor, default_output_names
 from graphopt.quantize.ops import custom_op_type
 from graphopt.quantize.qparams import ACTIVATION_TYPES
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, WEIGHTED_OPS, QuantizeOptions
@@ -137,6 +137,8 @@ def _fill_layers(report: QuantizeReport, graph: Graph, rewrite_report: Report) -
             continue
         if _runs_quantized(graph, node.name):
             report.quantized.append(node.name)
+        elif graph.is_output(node.name):
+            report.float_layers[node.name] = "its output is a graph output, which stays float"
         else:
             report.float_layers[node.name] = reasons.get(node.name, "not every input or output "
                                                                     "is quantized")
@@ -176,6 +178,12 @@ class ObservedRanges:
         from graphopt.runtime import MXNetModel
         model = MXNetModel.from_graph(graph)
         values = model.run(inputs, outputs="all")
+        # MXNet names an output after its node; the IR keeps the name of the tensor a node
+        # now computes (a conv with a BatchNorm folded in writes ``bn_output``)
+        ir_names = {default_output_names(node.name, node.op, node.num_outputs)[i]:
+                    graph.tensor_name(Tensor(node.name, i))
+                    for node in graph.op_nodes() for i in range(node.num_outputs)}
+        values = {ir_names.get(name, name): value for name, value in values.items()}
         values.update(inputs)
         return cls({name: (float(v.min()), float(v.max())) for name, v in values.items()
                     if np.issubdtype(v.dtype, np.floating)})
