@@ -119,7 +119,8 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
     ``SymbolBlock.imports`` run), and the report of what runs in int8.
 
     ``calibration``: a :class:`graphopt.quantize.Calibration` (anything with
-    ``range(tensor_name) -> (lo, hi)``) or a mapping ``{tensor name: (lo, hi)}``, by graphopt
+    ``range(tensor_name, symmetric=...) -> (lo, hi)``) or a mapping ``{tensor name: (lo, hi)}``
+    of observed ranges, by graphopt
     tensor name (``graph.tensor_name``: ``"data"``, ``"conv0_output"``). Every tensor MXNet
     quantizes needs a range: a missing one is a :class:`DataError` listing them all.
     ``exclude``: names of op nodes to keep in float (a conv excluded keeps its fused BatchNorm
@@ -149,7 +150,8 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
         fused, mx.cpu(), excluded_symbols=excluded_fused, excluded_operators=[],
         offline_params=list(arg_params), quantized_dtype=quantized_dtype,
         quantize_mode=quantize_mode, quantize_granularity=granularity)
-    thresholds = _thresholds(graph, fused, fused_nodes, calibrated_names, calibration)
+    thresholds = _thresholds(graph, fused, fused_nodes, calibrated_names, calibration,
+                             quantized_dtype)
     qsymbol = mx_quantization._calibrate_quantized_sym(
         qsymbol, {name: (entry["min"], entry["max"]) for name, entry in thresholds.items()})
     qarg_params = mx_quantization._quantize_params(qsymbol, arg_params, {})
@@ -221,28 +223,43 @@ def _source_tensors(graph: Graph, fused: mx.sym.Symbol, fused_nodes: list[dict])
 
 
 def _thresholds(graph: Graph, fused: mx.sym.Symbol, fused_nodes: list[dict],
-                calibrated_names: list[str], calibration) -> dict[str, dict[str, Any]]:
+                calibrated_names: list[str], calibration, quantized_dtype: str
+                ) -> dict[str, dict[str, Any]]:
     sources = _source_tensors(graph, fused, fused_nodes)
     thresholds, missing = {}, []
     for name in calibrated_names:
         tensor = sources.get(name, name)
-        found = _calibrated_range(calibration, tensor)
+        found = _mxnet_range(calibration, tensor, quantized_dtype)
         if found is None:
             missing.append(tensor)
             continue
-        thresholds[name] = {"tensor": tensor, "min": float(found[0]), "max": float(found[1])}
+        thresholds[name] = {"tensor": tensor, "min": found[0], "max": found[1]}
     if missing:
         raise DataError(f"the calibration has no range for {len(missing)} tensor(s) that MXNet "
                         f"quantizes: {missing[:10]}; calibrate the same graph (its tensor names)")
     return thresholds
 
 
-def _calibrated_range(calibration, tensor: str) -> tuple[float, float] | None:
+def _mxnet_range(calibration, tensor: str, quantized_dtype: str) -> tuple[float, float] | None:
+    """The range to give MXNet for ``tensor``. MXNet quantizes a tensor to uint8 over [0, hi]
+    (``auto`` with a range starting at 0, or ``uint8``) or to int8 over [-t, t], t = max|range|:
+    the calibration is asked for the range chosen for that grid (a symmetric one for int8, whose
+    one-sided threshold counts 127 steps over [0, t], not 255)."""
+    found = _calibrated_range(calibration, tensor, symmetric=quantized_dtype == "int8")
+    if found is not None and quantized_dtype == "auto" and found[0] < 0:
+        found = _calibrated_range(calibration, tensor, symmetric=True)
+    return found
+
+
+def _calibrated_range(calibration, tensor: str, symmetric: bool) -> tuple[float, float] | None:
     if isinstance(calibration, Mapping):
         found = calibration.get(tensor)
-        return None if found is None else (float(found[0]), float(found[1]))
+        if found is None:
+            return None
+        low, high = float(found[0]), float(found[1])
+        return (-max(-low, high), max(-low, high)) if symmetric and low < 0 else (low, high)
     try:
-        low, high = calibration.range(tensor)
+        low, high = calibration.range(tensor, symmetric=symmetric)
     except KeyError:
         return None
     return float(low), float(high)
@@ -317,6 +334,14 @@ def _decisions(graph: Graph, qnodes: list[dict], excluded: Mapping[str, str]) ->
         reason = excluded.get(name) or next(
             (f"fused with {other!r}, which is {excluded[other]}"
              for other in _covered(entry, graph) if other in excluded),
-            f"MXNet 1.9.1 has no int8 kernel for {node.op} (its quantization pass left it float)")
+            f"MXNet 1.9.1 has no int8 kernel for {_op_form(node)} (its quantization pass left "
+            f"it float)")
         layers.append(LayerPrecision(name, node.op, "float", entry["name"], entry["op"], reason))
     return layers
+
+
+def _op_form(node) -> str:
+    """The op, with the attribute that decides whether MXNet has an int8 kernel for it
+    (``Activation`` has one for relu only)."""
+    kind = node.attrs.get("act_type")
+    return f"{node.op}(act_type={kind})" if kind is not None else node.op
