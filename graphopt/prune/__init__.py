@@ -6,3 +6,6 @@ from graphopt.prune.api import prune  # noqa: E402
 from graphopt.prune.layers import prunable_layers, select_layers  # noqa: E402
 from graphopt.prune.report import PruneReport  # noqa: E402
 from graphopt.prune.storage import load_sparse, save_sparse, storage_sizes  # noqa: E402
+
+# channel coupling (which channels keep or drop together) and dropping zeroed channels
+from graphopt.prune.coupling import ChannelGroup, channel_groups  # noqa: E402
