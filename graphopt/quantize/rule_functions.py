@@ -65,6 +65,21 @@ def _calibrated(tensor: Ref) -> bool:
     return tensor.graph.tensor_name(tensor.tensor) in options().calibration.names
 
 
+def _rearranges(node) -> bool:
+    """The op's output holds values of its input 0 only (re-arranged, or the max of some)."""
+    return node.op in REARRANGING_OPS or (node.op == "Pooling" and
+                                          node.attrs.get("pool_type", "max") == "max")
+
+
+def _has_qparams(graph, tensor) -> bool:
+    """A scale and zero point can be given to ``tensor``: it is dequantized, calibrated, or a
+    re-arrangement of such a tensor."""
+    node = graph.node(tensor.node)
+    if is_dequantize(node) or graph.tensor_name(tensor) in options().calibration.names:
+        return True
+    return _rearranges(node) and _has_qparams(graph, inputs_in_slot_order(graph, node.name)[0])
+
+
 # --- guards ------------------------------------------------------------------------------------
 
 def _unsupported_form(layer: Ref) -> str | None:
@@ -96,10 +111,9 @@ def quantize_layer(layer: Ref) -> str | None:
         return problem
     graph = layer.graph
     for slot, tensor in _activation_inputs(layer):
-        if not is_dequantize(graph.node(tensor.node)) and \
-                graph.tensor_name(tensor) not in settings.calibration.names:
+        if not _has_qparams(graph, tensor):
             return f"input {graph.tensor_name(tensor)!r} was not calibrated"
-    if not _calibrated(layer) and layer.op not in ("Pooling",):
+    if not _has_qparams(graph, layer.tensor):
         return f"output {graph.tensor_name(layer.tensor)!r} was not calibrated"
     return None
 
@@ -195,12 +209,10 @@ def tensor_qparams(tensor: Ref) -> tuple[np.ndarray, np.ndarray]:
     settings = options()
     if is_dequantize(node):
         return _dequantize_params(tensor, node.name)
-    rearranges = node.op in REARRANGING_OPS or (node.op == "Pooling" and
-                                                tensor.attr("pool_type") == "max")
-    if rearranges:
+    if _rearranges(node):
         source = inputs_in_slot_order(graph, node.name)[0]
-        if is_dequantize(graph.node(source.node)):
-            return _dequantize_params(tensor, source.node)
+        if _has_qparams(graph, source):
+            return tensor_qparams(Ref(graph, f"{tensor.binding}_source", source))
     name = graph.tensor_name(tensor.tensor)
     lo, hi = settings.calibration.range(name, symmetric=settings.activations == "int8")
     return qparams.activation_qparams(lo, hi, settings.activations, name)
@@ -234,3 +246,13 @@ def quantize_bias(layer: Ref, data: Ref, bias: Ref, weight_scale: np.ndarray):
         return qparams.quantize_bias(bias.value, np.broadcast_to(scale, (channels,)))
     except ValueError as error:
         raise NoRewrite(str(error)) from None
+
+
+@register_guard
+def flattens_its_input(layer: Ref, data: Ref) -> str | None:
+    """A FullyConnected with ``flatten`` (MXNet's default) reading a tensor of rank > 2."""
+    if not layer.attr("flatten"):
+        return "flatten is false"
+    if data.shape is None or len(data.shape) <= 2:
+        return "its input is already 2-D"
+    return None
