@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as _np
 
-from graphopt.errors import (EnvironmentMismatchError, GraphError, GraphoptError, ModelFileError,
-                             ParameterError, RuleError, ShapeError, UnknownOpError,
-                             UnsupportedOpError)
+from graphopt.errors import (CalibrationError, EnvironmentMismatchError, GraphError,
+                             GraphoptError, ModelFileError, ParameterError, RuleError, ShapeError,
+                             UnknownOpError, UnsupportedOpError)
 
 
 def _check_numpy() -> None:
@@ -31,6 +31,7 @@ from graphopt.compare import compare  # noqa: E402
 from graphopt.analysis import inspect_graph  # noqa: E402
 import graphopt.rewrite as _rewrite_package  # noqa: E402
 import graphopt.quantize  # noqa: E402,F401  (registers the quantize ops and the rules' functions)
+from graphopt.quantize import calibrate  # noqa: E402
 
 # ``graphopt.rewrite(graph)`` is the engine's entry point (issue 4). The name is also the
 # subpackage's: after this line ``graphopt.rewrite`` is the function, while
@@ -52,6 +53,7 @@ DistillResult = _distill_package.DistillResult
 __version__ = "0.1.0"
 
 __all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_mxnet", "to_onnx",
-           "compare", "rewrite", "prune", "inspect_graph", "distill", "DistillResult",
+           "compare", "rewrite", "prune", "calibrate", "inspect_graph", "distill", "DistillResult",
            "GraphoptError", "ModelFileError", "UnknownOpError", "ParameterError", "ShapeError",
-           "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError"]
+           "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError",
+           "CalibrationError"]

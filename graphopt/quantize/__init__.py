@@ -11,8 +11,11 @@ rules' guards and functions (``rule_functions``), so it is imported by ``graphop
 
 from graphopt.quantize import ops  # noqa: F401  (registers the Custom ops with MXNet)
 from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE
+from graphopt.quantize.calibrate import Calibration, CalibrationWarning, calibrate
+from graphopt.quantize.data import ImagePreprocessing
 from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
 
-__all__ = ["quantize", "QuantizeReport", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
+__all__ = ["calibrate", "Calibration", "CalibrationWarning", "ImagePreprocessing",
+           "quantize", "QuantizeReport", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
            "QUANTIZE", "DEQUANTIZE", "DYNAMIC_QUANTIZE"]

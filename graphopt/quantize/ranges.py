@@ -1,0 +1,287 @@
+"""Choosing a tensor's clipping range from its histogram: minmax, percentile, entropy, mse.
+
+The quantizer covers a range with 255 steps of an integer grid that holds zero exactly:
+
+- *symmetric* (int8, zero point 0): ``[-t, t]``, step ``t / 127``;
+- *asymmetric* (uint8, a zero point): ``[lo, hi]``, step ``(hi - lo) / 255``.
+
+A one-sided tensor (no negative value: a ReLU, sigmoid, softmax output) gets ``lo = 0`` either
+way, and its ``t`` is chosen for the steps it gets over ``[0, t]``: 255 by default (uint8, or
+int8 with zero point -128 as ``qparams`` does); ``steps=127`` for a symmetric int8 grid that
+spends half its levels on negatives (MXNet's int8). Choosing ``t`` over a symmetric histogram,
+as onnxruntime's percentile and entropy calibrators do, collapses accuracy (onnxruntime#10571).
+
+Methods (each returns ``(lo, hi)`` with ``lo <= 0 <= hi``):
+
+- ``minmax``: the observed extremes.
+- ``percentile``: the ``percentile``-th percentile of ``|x|`` (symmetric or one-sided), or of
+  each tail with ``(100 - percentile) / 2`` % beyond each bound (asymmetric, signed). Exact zeros
+  are left out of the count: they are represented exactly whatever the range, and a ReLU output
+  that is 90 % zeros would otherwise have its threshold taken among the largest 10 % values only.
+- ``entropy``: the threshold whose quantized distribution is closest to the observed one in
+  Kullback-Leibler divergence (TensorRT's and MXNet's method: the values beyond the threshold are
+  folded into the edge bin of P; Q is the window quantized to the levels the quantizer has,
+  spread over P's non-empty bins). Computed for every candidate threshold at once from prefix
+  sums (the divergence of a candidate needs one term per quantized level, not per bin).
+  Asymmetric signed tensors search windows ``[a * min, a * max]`` with 256 levels.
+- ``mse``: the range minimising the expected squared error over the histogram (bin centres):
+  clipping error beyond the bounds plus the rounding error on the step's grid inside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphopt.quantize.histogram import TensorHistogram
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+STEPS = 255                   # 8-bit: 256 levels, 255 steps over the range
+SYMMETRIC_STEPS = 127        # over [0, t] when the range is [-t, t] (int8, zero point 0)
+DEFAULT_PERCENTILE = 99.99
+KL_EMPTY_COUNT = 0.5          # a quantized level with no count but outliers folded in: as if half a value
+MAX_CANDIDATES = 1024         # thresholds tried before refining around the best
+MSE_BINS = 2048               # the error is computed on at most this many bins (merged as needed)
+MSE_GRID = 64                 # lower x upper bounds tried in the asymmetric signed search
+
+
+def choose_range(histogram: TensorHistogram, method: str, symmetric: bool,
+                 percentile: float = DEFAULT_PERCENTILE,
+                 steps: float | None = None) -> tuple[float, float]:
+    """The clipping range of a tensor with at least one finite value and ``min < max``.
+
+    ``steps``: the quantization steps over ``[0, t]`` of a one-sided or symmetric range
+    (default: 255 one-sided, 127 symmetric signed)."""
+    low, high = min(histogram.minimum, 0.0), max(histogram.maximum, 0.0)
+    magnitude = max(-low, high)
+    if method == "minmax":
+        if histogram.one_sided:
+            return 0.0, high
+        return (-magnitude, magnitude) if symmetric else (low, high)
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
+    width = histogram.bin_width
+    if histogram.one_sided or symmetric:
+        counts = histogram.counts[histogram.bins_per_side:] if histogram.one_sided \
+            else histogram.magnitude_counts()
+        if steps is None:
+            steps = STEPS if histogram.one_sided else SYMMETRIC_STEPS
+        zeros = histogram.zeros
+        if method == "percentile":
+            edge = _percentile_edge(counts, zeros, percentile / 100.0)
+        elif method == "entropy":
+            edge = _entropy_edge(counts, levels=int(round(steps)) + 1)
+        else:
+            edge = _mse_magnitude_edge(counts, zeros, steps)
+        threshold = min(edge * width, magnitude)
+        if threshold <= 0.0:
+            threshold = magnitude
+        return (0.0, threshold) if histogram.one_sided else (-threshold, threshold)
+    counts = histogram.counts
+    zero_index = histogram.bins_per_side
+    if method == "percentile":
+        tail = (1.0 - percentile / 100.0) / 2.0
+        first, stop = _two_tail_edges(counts, zero_index, histogram.zeros, tail)
+    elif method == "entropy":
+        first, stop = _entropy_window(counts, zero_index)
+    else:
+        first, stop = _mse_window(counts, zero_index, histogram.zeros)
+    lo = max((first - zero_index) * width, low)
+    hi = min((stop - zero_index) * width, high)
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+# --- percentile -------------------------------------------------------------------------------
+
+def _percentile_edge(counts: np.ndarray, zeros: int, fraction: float) -> int:
+    """The bin edge below which ``fraction`` of the non-zero values of a magnitude histogram lie."""
+    nonzero = counts.astype(np.float64)
+    nonzero[0] -= zeros
+    cumulative = np.cumsum(nonzero)
+    if cumulative[-1] <= 0:
+        return len(counts)
+    return int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left")) + 1
+
+
+def _two_tail_edges(counts: np.ndarray, zero_index: int, zeros: int,
+                    tail: float) -> tuple[int, int]:
+    """(first kept bin, one past the last kept bin) leaving ``tail`` of the non-zero values
+    beyond each side."""
+    nonzero = counts.astype(np.float64)
+    nonzero[zero_index] -= zeros
+    cumulative = np.cumsum(nonzero)
+    total = cumulative[-1]
+    first = int(np.searchsorted(cumulative, tail * total, side="right"))
+    stop = int(np.searchsorted(cumulative, (1.0 - tail) * total, side="left")) + 1
+    return min(first, zero_index), max(stop, zero_index)
+
+
+# --- entropy ----------------------------------------------------------------------------------
+
+def _entropy_edge(counts: np.ndarray, levels: int) -> int:
+    """The threshold (a bin edge) of a magnitude histogram with the least KL divergence."""
+    occupied = int(np.flatnonzero(counts)[-1]) + 1
+    if occupied <= levels:
+        return occupied
+    prefix = _Prefix(counts)
+    candidates = np.arange(levels, occupied + 1)
+
+    def divergence(stops):
+        return prefix.kl(np.zeros_like(stops), stops, levels)
+    return int(_refined_argmin(candidates, divergence))
+
+
+def _entropy_window(counts: np.ndarray, zero_index: int) -> tuple[int, int]:
+    """The window ``[a * first, a * stop)`` around zero (``0 < a <= 1``) with the least KL
+    divergence at 256 levels."""
+    levels = STEPS + 1
+    occupied = np.flatnonzero(counts)
+    first, stop = int(occupied[0]), int(occupied[-1]) + 1
+    span = stop - first
+    if span <= levels:
+        return first, stop
+    below = zero_index - first
+    # a window of n bins: n from `levels` to `span`, split in proportion around zero
+    sizes = np.arange(levels, span + 1)
+    lows = zero_index - np.round(sizes * (below / span)).astype(np.int64)
+    prefix = _Prefix(counts)
+
+    def divergence(chosen_sizes):
+        starts = zero_index - np.round(chosen_sizes * (below / span)).astype(np.int64)
+        return prefix.kl(starts, starts + chosen_sizes, levels)
+    best = int(_refined_argmin(sizes, divergence))
+    start = int(lows[best - levels])
+    return start, start + best
+
+
+class _Prefix:
+    """Prefix sums of a histogram for the KL divergence of many windows at once."""
+
+    def __init__(self, counts: np.ndarray):
+        counts = counts.astype(np.float64)
+        self.counts = counts
+        self.total = counts.sum()
+        self.cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+        self.nonzero = np.concatenate([[0], np.cumsum(counts > 0)])
+        self.plogp = np.concatenate([[0.0], np.cumsum(_xlogx(counts))])
+
+    def kl(self, starts: np.ndarray, stops: np.ndarray, levels: int) -> np.ndarray:
+        """KL(P || Q) of each window ``[start, stop)`` (every window at least ``levels`` bins).
+
+        P: the histogram, values left of the window folded into its first bin and those right
+        of it into its last, normalised. Q: the window's own counts summed per quantized level
+        (levels split the window as evenly as whole bins allow), each level's mass spread
+        evenly over the bins where P is non-zero, normalised. KL is
+        ``sum p log p - sum_g P_g log q_g`` with one term per level."""
+        starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+        cumulative, counts = self.cumulative, self.counts
+        left = cumulative[starts]
+        right = self.total - cumulative[stops]
+        first_bin, last_bin = counts[starts], counts[stops - 1]
+        p_first, p_last = first_bin + left, last_bin + right
+        sum_plogp = (self.plogp[stops] - self.plogp[starts] - _xlogx(first_bin) - _xlogx(last_bin)
+                     + _xlogx(p_first) + _xlogx(p_last))
+        sizes = stops - starts
+        edges = starts[:, None] + (np.arange(levels + 1)[None, :] * sizes[:, None]) // levels
+        level_counts = np.diff(cumulative[edges], axis=1)            # Q before spreading
+        level_nonzero = np.diff(self.nonzero[edges], axis=1).astype(np.float64)
+        level_nonzero[:, 0] += (first_bin == 0) & (left > 0)
+        level_nonzero[:, -1] += (last_bin == 0) & (right > 0)
+        level_mass = level_counts.copy()                            # P per level
+        level_mass[:, 0] += left
+        level_mass[:, -1] += right
+        window_total = np.maximum(cumulative[stops] - cumulative[starts], 1.0)
+        q = np.maximum(level_counts, KL_EMPTY_COUNT) / window_total[:, None] / \
+            np.maximum(level_nonzero, 1.0)
+        cross = np.where(level_mass > 0, level_mass * np.log(q), 0.0).sum(axis=1)
+        return (sum_plogp - cross) / self.total - math.log(self.total)
+
+
+def _xlogx(values):
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values > 0, values * np.log(np.maximum(values, 1e-300)), 0.0)
+
+
+def _refined_argmin(candidates: np.ndarray, objective) -> int:
+    """The candidate minimising ``objective`` (vectorised): every ``stride``-th first, then
+    each one around the best; evaluated in blocks so memory stays small."""
+    stride = max(1, len(candidates) // MAX_CANDIDATES)
+    coarse = candidates[::stride]
+    best = int(np.argmin(_blocked(objective, coarse)))
+    low, high = max(0, best * stride - stride), min(len(candidates), best * stride + stride + 1)
+    fine = candidates[low:high]
+    return int(fine[int(np.argmin(_blocked(objective, fine)))])
+
+
+def _blocked(objective, values: np.ndarray, block: int = 128) -> np.ndarray:
+    return np.concatenate([objective(values[i:i + block]) for i in range(0, len(values), block)])
+
+
+# --- mse --------------------------------------------------------------------------------------
+
+def _merged(counts: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
+    """``counts`` with adjacent bins summed so that at most ``limit`` are left (trailing empty
+    bins dropped first); returns (counts, bins merged per new bin)."""
+    occupied = int(np.flatnonzero(counts)[-1]) + 1
+    factor = 1
+    while occupied > limit * factor:
+        factor *= 2
+    length = -(-occupied // factor) * factor
+    padded = np.zeros(length, dtype=np.float64)
+    padded[:occupied] = counts[:occupied]
+    return padded.reshape(-1, factor).sum(axis=1), factor
+
+
+def _mse_magnitude_edge(counts: np.ndarray, zeros: int, steps: float) -> int:
+    """The threshold (a bin edge) of a magnitude histogram with the least expected squared
+    error, values at bin centres, exact zeros costing nothing."""
+    merged, factor = _merged(counts, MSE_BINS)
+    merged[0] -= zeros                       # exact zeros are exact at any step
+    centres = np.arange(len(merged)) + 0.5   # in units of the merged bin width
+    candidates = np.arange(1, len(merged) + 1, dtype=np.float64)
+
+    def error(thresholds):
+        step = thresholds[:, None] / steps
+        inside = centres[None, :] < thresholds[:, None]
+        rounding = (centres[None, :] - step * np.round(centres[None, :] / step)) ** 2
+        clipping = (centres[None, :] - thresholds[:, None]) ** 2
+        return (np.where(inside, rounding, clipping) * merged[None, :]).sum(axis=1)
+    best = _refined_argmin(candidates, error)
+    return int(best) * factor
+
+
+def _mse_window(counts: np.ndarray, zero_index: int, zeros: int) -> tuple[int, int]:
+    """The window (bins) of an asymmetric signed tensor with the least expected squared error:
+    a grid of lower x upper bounds, the step ``(hi - lo) / 255`` on a grid through zero."""
+    occupied = np.flatnonzero(counts)
+    first, stop = int(occupied[0]), int(occupied[-1]) + 1
+    factor = 1
+    while (stop - first) > MSE_BINS * factor:
+        factor *= 2
+    # merge around zero so that zero stays a bin edge
+    low_edge = zero_index - -(-(zero_index - first) // factor) * factor
+    high_edge = zero_index + -(-(stop - zero_index) // factor) * factor
+    window = counts[low_edge:high_edge].astype(np.float64)
+    window[zero_index - low_edge] -= zeros
+    merged = window.reshape(-1, factor).sum(axis=1)
+    zero = (zero_index - low_edge) // factor
+    centres = np.arange(len(merged)) - zero + 0.5
+    lows = -np.unique(np.linspace(0, zero, MSE_GRID).round())
+    highs = np.unique(np.linspace(0, len(merged) - zero, MSE_GRID).round())
+    lo, hi = np.meshgrid(lows, highs, indexing="ij")
+    lo, hi = lo.ravel(), hi.ravel()
+    keep = hi > lo
+    lo, hi = lo[keep], hi[keep]
+    pairs = np.stack([lo, hi], axis=1)
+
+    def error(chosen):
+        low, high = chosen[:, 0:1], chosen[:, 1:2]
+        step = (high - low) / STEPS
+        clipped = np.clip(centres[None, :], low, high)
+        rounding = (clipped - step * np.round(clipped / step)) ** 2
+        clipping = (centres[None, :] - clipped) ** 2
+        return ((rounding + clipping) * merged[None, :]).sum(axis=1)
+    errors = _blocked(error, pairs, block=64)
+    best_low, best_high = pairs[int(np.argmin(errors))]
+    return (zero_index + int(best_low) * factor, zero_index + int(best_high) * factor)
