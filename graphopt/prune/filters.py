@@ -1,0 +1,287 @@
+"""Filter (structured) pruning: zero whole output channels, the same ones in every coupled layer.
+
+The unit is a *segment*: the channels of one channel group
+(:func:`graphopt.prune.coupling.channel_groups`) that the same set of producers makes. On a
+residual trunk every producer makes every channel, so the trunk is one segment and channel ``c``
+is zeroed in all its producers at once (zeroing it in one only would leave nothing to drop); a
+Concat of two convolutions' outputs is one group with two segments, each pruned by its own
+ratio. A depthwise convolution on the channels has its filter of each zeroed channel zeroed too
+(its output is then its bias, a constant the dropper folds away).
+
+Ranking (``criterion``), per channel, summed over the segment's producers:
+
+``l1`` / ``l2``   the L1 / L2 norm of the channel's filter (all it multiplies)
+``bn_gamma``      |gamma| of the BatchNorm right after each producer (network slimming). MXNet's
+                  BatchNorm defaults to ``fix_gamma=True``, which treats gamma as 1 whatever is
+                  stored: then (or without a BatchNorm) |gamma| ranks nothing, and the segment
+                  falls back to ``l1``, with a note in the report.
+
+How many (``ratio`` R in [0, 1)): ``scope="layer"`` zeroes ``round(R * n)`` of each segment's
+``n`` channels; ``scope="global"`` ranks all segments' channels together, each score divided by
+its segment's mean score (so wide and narrow layers compare), and zeroes ``round(R * total)``.
+Either way a segment keeps at least one channel (never 0), and ``round_to=m`` makes every pruned
+segment keep a multiple of ``m`` channels (at least ``m``; a segment of ``m`` or fewer channels
+is left alone): 8 or 16 keep vectorized kernels fast. Channels pinned by the coupling analysis
+(a graph output, an op it cannot follow...) are never zeroed, so the classifier's outputs stay;
+a grouped convolution's groups (and a SliceChannel's parts) lose equally many channels each.
+
+A segment is pruned only if ``layers`` selects every one of its producers; otherwise it is
+listed in ``report.skipped`` with the reason, as is every segment the coupling pins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphopt.errors import PruneError
+from graphopt.ir.graph import Graph, Tensor
+from graphopt.prune.coupling import ChannelGroup, Producer, channel_groups
+from graphopt.prune.layers import (LayerSelection, PrunableLayer, output_filters, select_layers,
+                                   zero_output_channels)
+from graphopt.prune.magnitude import check_fraction, check_scope
+from graphopt.prune.report import PruneReport, build_report
+from graphopt.schema import attr_or_default
+
+CRITERIA = ("l1", "l2", "bn_gamma")
+
+
+@dataclass
+class Segment:
+    """Channels ``channels`` of ``group`` made by the (non-depthwise) ``producers``;
+    ``followers`` are the depthwise convolutions filtering them."""
+    group: ChannelGroup
+    producers: list[Producer]
+    channels: list[int]
+    followers: list[Producer] = field(default_factory=list)
+    scores: np.ndarray | None = None     # one per entry of ``channels``
+    prune_count: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [p.node for p in self.producers]
+
+    @property
+    def free(self) -> list[int]:
+        """Positions (into ``channels``) that may be zeroed: not pinned."""
+        return [i for i, c in enumerate(self.channels) if c not in self.group.pinned]
+
+
+def _segments(groups: list[ChannelGroup]) -> list[Segment]:
+    segments = []
+    for group in groups:
+        makers: dict[int, list[Producer]] = {}
+        followers = [p for p in group.producers if p.depthwise]
+        for producer in group.producers:
+            if not producer.depthwise:
+                for channel in producer.channels:
+                    makers.setdefault(channel, []).append(producer)
+        by_makers: dict[tuple[str, ...], Segment] = {}
+        for channel in sorted(makers):
+            key = tuple(p.node for p in makers[channel])
+            if key not in by_makers:
+                by_makers[key] = Segment(group, makers[channel], [], followers)
+            by_makers[key].channels.append(channel)
+        segments += by_makers.values()
+    return segments
+
+
+# --- scores ----------------------------------------------------------------------------------------
+
+def _filter_norms(graph: Graph, producer: Producer, order: int) -> dict[int, float]:
+    """Group channel -> norm of the producer's filter that makes it."""
+    filters = output_filters(graph.params[producer.weight], producer.op, producer.num_group)
+    norms = np.linalg.norm(filters.astype(np.float64), ord=order, axis=1)
+    return {channel: float(norms[i]) for i, channel in enumerate(producer.channels)}
+
+
+def _batchnorm_gamma(graph: Graph, group: ChannelGroup, producer: Producer
+                     ) -> tuple[np.ndarray | None, str]:
+    """|gamma| of the BatchNorm reading the producer's output, or (None, why not)."""
+    for through in group.throughs:
+        if through.op == "BatchNorm" and through.inputs == [Tensor(producer.node, 0)]:
+            node = graph.node(through.node)
+            if attr_or_default("BatchNorm", node.attrs, "fix_gamma"):
+                return None, (f"BatchNorm {node.name!r} has fix_gamma=True (MXNet's default): "
+                              f"gamma is treated as 1, so |gamma| ranks nothing")
+            return np.abs(graph.params[through.params[0][0]]).astype(np.float64), ""
+    return None, f"no BatchNorm right after {producer.node!r}"
+
+
+def _score(graph: Graph, segment: Segment, criterion: str, notes: list[str]) -> np.ndarray:
+    if criterion == "bn_gamma":
+        totals = np.zeros(len(segment.channels))
+        for producer in segment.producers:
+            gamma, why = _batchnorm_gamma(graph, segment.group, producer)
+            if gamma is None:
+                notes.append(f"{', '.join(segment.names)}: ranked by L1 norm instead of "
+                             f"|gamma|: {why}")
+                return _score(graph, segment, "l1", notes)
+            by_channel = dict(zip(producer.channels, gamma))
+            totals += [by_channel[c] for c in segment.channels]
+        return totals
+    order = 1 if criterion == "l1" else 2
+    totals = np.zeros(len(segment.channels))
+    for producer in segment.producers:
+        norms = _filter_norms(graph, producer, order)
+        totals += [norms[c] for c in segment.channels]
+    return totals
+
+
+# --- how many, which -------------------------------------------------------------------------------
+
+def _keep_count(size: int, prune: int, round_to: int | None) -> int:
+    """How many channels a segment of ``size`` keeps when ``prune`` are asked for."""
+    keep = max(size - prune, 1)
+    if round_to:
+        if size <= round_to:
+            return size
+        keep = min(max(round_to, round_to * round(keep / round_to)), size)
+    return keep
+
+
+def _blocks(segment: Segment) -> list[list[int]] | str:
+    """The positions of the segment split into blocks that must lose equally many channels
+    (one block if nothing constrains it), or why no common split exists."""
+    members = set(segment.channels)
+    partitions = []
+    for constraint in segment.group.constraints:
+        blocks = [[c for c in block if c in members] for block in constraint.blocks]
+        blocks = [block for block in blocks if block]
+        if len(blocks) > 1:
+            partitions.append((constraint, blocks))
+    if not partitions:
+        return [list(range(len(segment.channels)))]
+    # the common refinement: channels in the same block of every partition
+    label = {c: tuple(next(i for i, b in enumerate(blocks) if c in b) for _, blocks in partitions)
+             for c in segment.channels}
+    refined: dict[tuple, list[int]] = {}
+    for position, channel in enumerate(segment.channels):
+        refined.setdefault(label[channel], []).append(position)
+    blocks = list(refined.values())
+    if len({len(b) for b in blocks}) > 1:
+        names = ", ".join(f"{c.node} ({c.what})" for c, _ in partitions)
+        return f"the channel groupings of {names} have no common equal split"
+    return blocks
+
+
+def _choose(segment: Segment, count: int) -> list[int] | str:
+    """The positions to zero: the ``count`` lowest scores among the free ones, taken equally
+    from every block; or why the segment cannot be pruned."""
+    blocks = _blocks(segment)
+    if isinstance(blocks, str):
+        return blocks
+    free = set(segment.free)
+    per_block = count // len(blocks)
+    chosen = []
+    for block in blocks:
+        candidates = [p for p in block if p in free]
+        if len(candidates) < per_block or per_block >= len(block):
+            return "pinned channels leave too few to prune equally in every block"
+        order = sorted(candidates, key=lambda p: (segment.scores[p], p))
+        chosen += order[:per_block]
+    return sorted(chosen)
+
+
+def _layer_counts(segments: list[Segment], ratio: float, round_to: int | None) -> None:
+    for segment in segments:
+        size = len(segment.channels)
+        segment.prune_count = size - _keep_count(size, round(ratio * size), round_to)
+
+
+def _global_counts(segments: list[Segment], ratio: float, round_to: int | None) -> None:
+    entries = []
+    for index, segment in enumerate(segments):
+        mean = float(np.mean(segment.scores)) or 1.0
+        entries += [(float(segment.scores[p]) / mean, index) for p in segment.free]
+    total = round(ratio * sum(len(s.channels) for s in segments))
+    counts = [0] * len(segments)
+    floor = max(round_to or 1, 1)
+    for _score_value, index in sorted(entries):
+        if total == 0:
+            break
+        size = len(segments[index].channels)
+        if size - counts[index] - 1 >= min(floor, size):
+            counts[index] += 1
+            total -= 1
+    for segment, count in zip(segments, counts):
+        size = len(segment.channels)
+        segment.prune_count = size - _keep_count(size, count, round_to) if count else 0
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+def _check_round_to(round_to) -> int | None:
+    if round_to is None:
+        return None
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise PruneError(f"round_to must be a whole number >= 1 (keep a multiple of that many "
+                         f"channels), got {round_to!r}")
+    return int(round_to)
+
+
+def _layer_of(producer: Producer) -> PrunableLayer:
+    return PrunableLayer(producer.node, producer.op, producer.weight, producer.bias)
+
+
+def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: str = "layer",
+                  layers: LayerSelection = None, round_to: int | None = None,
+                  measure_storage: bool = True) -> tuple[Graph, PruneReport]:
+    """Zero the filters of the lowest-ranked output channels (module docstring); returns
+    ``(pruned copy, report)``. Nothing is removed yet: :func:`graphopt.prune.drop_channels`
+    (or ``graphopt.prune(..., drop=True)``) does that."""
+    ratio = check_fraction(ratio, "ratio")
+    scope = check_scope(scope)
+    round_to = _check_round_to(round_to)
+    if criterion not in CRITERIA:
+        raise PruneError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    selected = {layer.name for layer in select_layers(graph, layers)}
+
+    notes: list[str] = []
+    skipped: list[dict] = []
+    segments = []
+    for segment in _segments(channel_groups(graph)):
+        chosen = [name for name in segment.names if name in selected]
+        if not chosen:
+            continue
+        if len(chosen) < len(segment.names):
+            left_out = [name for name in segment.names if name not in selected]
+            skipped.append({"layers": segment.names, "reason": f"coupled with {left_out}, "
+                            f"which the layer selection leaves out: their channels must be "
+                            f"zeroed together"})
+        elif not segment.free:
+            reason = "; ".join(dict.fromkeys(segment.group.pinned[c] for c in segment.channels))
+            skipped.append({"layers": segment.names, "reason": f"channels kept: {reason}"})
+        else:
+            segments.append(segment)
+    for segment in segments:
+        segment.scores = _score(graph, segment, criterion, notes)
+    (_layer_counts if scope == "layer" else _global_counts)(segments, ratio, round_to)
+
+    pruned = graph.copy()
+    pruned_layers = []
+    for segment in segments:
+        if segment.prune_count == 0:
+            continue
+        positions = _choose(segment, segment.prune_count)
+        if isinstance(positions, str):
+            skipped.append({"layers": segment.names, "reason": positions})
+            continue
+        zeroed = {segment.channels[p] for p in positions}
+        for producer in segment.producers + segment.followers:
+            indices = [i for i, c in enumerate(producer.channels) if c in zeroed]
+            if not indices:
+                continue
+            weight = pruned.params[producer.weight]
+            groups = 1 if producer.depthwise else producer.num_group
+            pruned.set_param(producer.weight,
+                             zero_output_channels(weight, producer.op, indices, groups))
+            pruned_layers.append(_layer_of(producer))
+    settings = {"ratio": ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
+                "layers": layers if layers is None or isinstance(layers, str) else list(layers)}
+    unique = list({layer.name: layer for layer in pruned_layers}.values())
+    report = build_report("filters", settings, graph, pruned, unique,
+                          measure_storage=measure_storage)
+    report.skipped, report.notes = skipped, list(dict.fromkeys(notes))
+    return pruned, report

@@ -1,0 +1,120 @@
+"""``graphopt prune`` and ``graphopt inspect --compare``, as a deployment pipeline uses them:
+prune the trained digits models, write MXNet (loaded back with ``SymbolBlock.imports``) or ONNX
+(run in onnxruntime), compare the two models' costs, and refuse bad requests with exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import graphopt
+from fixtures.build import digits_split, fixture_path
+from graphopt.cli import main
+from graphopt.runtime import run_mxnet, run_onnx
+
+SHAPE = "data:1x1x28x28"
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    _, _, x_test, y_test = digits_split()
+    return x_test[:64], y_test[:64]
+
+
+def lenet_prefix() -> str:
+    return str(fixture_path("lenet_digits")[0]).removesuffix("-symbol.json")
+
+
+def resnet_prefix() -> str:
+    return str(fixture_path("resnet_digits")[0]).removesuffix("-symbol.json")
+
+
+def imported_block(prefix):
+    """The saved model as a user loads it: a Gluon SymbolBlock."""
+    with mx.util.np_shape(False):
+        return mx.gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data"],
+                                            f"{prefix}-0000.params")
+
+
+def test_threshold_pruning_writes_an_mxnet_model_that_symbolblock_loads(tmp_path, heldout,
+                                                                         capsys):
+    out = tmp_path / "lenet_pruned"
+    code = main(["prune", lenet_prefix(), "--input", SHAPE, "--threshold", "0.1",
+                 "--layers", "op:Convolution", "-o", str(out), "--report",
+                 str(tmp_path / "report.json")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "sparsity of the pruned layers: 61.27%" in text  # as test_prune_magnitude measured
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [layer["name"] for layer in report["layers"]] == ["lenet_conv0_fwd", "lenet_conv1_fwd"]
+
+    # what was written is the API's pruned graph, and Gluon computes the same outputs with it
+    original = graphopt.load(*fixture_path("lenet_digits"), inputs={"data": (1, 1, 28, 28)})
+    expected, _ = graphopt.prune(original, threshold=0.1, layers="op:Convolution",
+                                 measure_storage=False)
+    saved = graphopt.load(f"{out}-symbol.json", f"{out}-0000.params")
+    for name, value in expected.params.items():
+        assert np.array_equal(saved.params[name], value), name
+    images, _ = heldout
+    reference = next(iter(run_mxnet(expected, {"data": images}).values()))
+    gluon = imported_block(out)(mx.nd.array(images)).asnumpy()
+    np.testing.assert_allclose(gluon, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_pruning_to_onnx_runs_in_onnxruntime_like_mxnet(tmp_path, heldout):
+    out = tmp_path / "lenet_sparse.onnx"
+    assert main(["--quiet", "prune", lenet_prefix(), "--input", SHAPE, "--sparsity", "0.8",
+                 "--scope", "global", "-o", str(out), "--to", "onnx"]) == 0
+    original = graphopt.load(*fixture_path("lenet_digits"), inputs={"data": (1, 1, 28, 28)})
+    pruned, _ = graphopt.prune(original, sparsity=0.8, scope="global", measure_storage=False)
+    images, _ = heldout
+    reference = next(iter(run_mxnet(pruned, {"data": images}).values()))
+    actual = next(iter(run_onnx(str(out), {"data": images}).values()))
+    # float32 convolutions in two libraries: agreement to ~1e-5 of the logits' scale
+    np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_inspect_compare_shows_a_magnitude_pruned_model_is_no_smaller(tmp_path, capsys):
+    out = tmp_path / "lenet_pruned"
+    main(["prune", lenet_prefix(), "--input", SHAPE, "--sparsity", "0.9", "-o", str(out),
+          "--json"])
+    capsys.readouterr()
+    assert main(["inspect", lenet_prefix(), "--input", SHAPE, "--compare", str(out),
+                 "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)
+    # zeros are still stored and multiplied: every ratio is exactly 1
+    assert {key: t["ratio"] for key, t in comparison["totals"].items()} == {
+        "params": 1.0, "bytes": 1.0, "macs": 1.0, "flops": 1.0}
+    assert [layer["name"] for layer in comparison["layers"]] == [
+        "lenet_conv0_fwd", "lenet_conv1_fwd", "lenet_dense0_fwd", "lenet_dense1_fwd"]
+    assert comparison["layers"][1]["macs"] == [900_000, 900_000]  # 50x10x10 outputs x 20x3x3
+
+    assert main(["inspect", lenet_prefix(), "--input", SHAPE, "--compare", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lenet_digits (before) vs lenet_pruned (after)" in text and "macs" in text
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+    (["--threshold", "-1"], "threshold must be a finite number >= 0"),
+    (["--filters", "1.0"], "ratio must be in [0, 1)"),
+    (["--sparsity", "0.5", "--layers", "conv9*"],
+     "layer pattern 'conv9*' matches no prunable layer; prunable layers: lenet_conv0_fwd"),
+    (["--sparsity", "0.5", "--round-to", "8"], "--round-to applies to filter pruning"),
+    (["--sparsity", "0.5", "--criterion", "bn_gamma"], "--criterion applies to filter pruning"),
+])
+def test_bad_requests_exit_2_naming_what_was_asked(arguments, message, capsys):
+    assert main(["prune", lenet_prefix(), "--input", SHAPE, *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("graphopt prune: error: ") and message in error
+
+
+def test_one_way_of_pruning_at_a_time(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", lenet_prefix(), "--input", SHAPE, "--threshold", "0.1",
+              "--filters", "0.5"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
