@@ -3,7 +3,8 @@
 
     qgraph, report = graphopt.quantize.quantize(graph, calibration, activations="uint8",
                                                 per_channel=True, exclude=(), exclude_first_last=False)
-    graphopt.to_onnx(qgraph, "model-int8.onnx")          # QDQ: QuantizeLinear/DequantizeLinear
+    model = graphopt.to_onnx(qgraph, "model-int8.onnx")  # QDQ: QuantizeLinear/DequantizeLinear
+    print(graphopt.quantize.fusion_report(model).format())   # what onnxruntime runs in int8
 
 Importing this package registers the quantize/dequantize ops with MXNet (``ops``) and the
 rules' guards and functions (``rule_functions``), so it is imported by ``graphopt`` itself.
@@ -13,6 +14,7 @@ from graphopt.quantize import ops  # noqa: F401  (registers the Custom ops with 
 from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE
 from graphopt.quantize.calibrate import Calibration, CalibrationWarning, calibrate
 from graphopt.quantize.data import ImagePreprocessing
+from graphopt.quantize.fusion import FusionGroup, FusionReport, fusion_report
 from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
 
