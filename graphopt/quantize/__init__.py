@@ -19,5 +19,5 @@ from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
 
 __all__ = ["calibrate", "Calibration", "CalibrationWarning", "ImagePreprocessing",
-           "quantize", "QuantizeReport", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
+           "quantize", "QuantizeReport", "fusion_report", "FusionReport", "FusionGroup", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
            "QUANTIZE", "DEQUANTIZE", "DYNAMIC_QUANTIZE"]
