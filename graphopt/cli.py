@@ -98,8 +98,9 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     graph = _load(args)
     if args.to == "onnx":
-        from graphopt.onnx import to_onnx
-        to_onnx(graph, path=args.output, opset=args.opset, dynamic_batch=not args.static_batch)
+        from graphopt.onnx import DEFAULT_OPSET, to_onnx
+        to_onnx(graph, path=args.output, opset=args.opset or DEFAULT_OPSET,
+                dynamic_batch=not args.static_batch)
     else:
         from graphopt.mxnet_io import save_mxnet
         save_mxnet(graph, args.output)
@@ -119,8 +120,8 @@ def cmd_optimize(args) -> int:
         print(format_report(report, explain=args.explain))
     if args.output:
         if args.to == "onnx":
-            from graphopt.onnx import to_onnx
-            to_onnx(new_graph, path=args.output, opset=args.opset,
+            from graphopt.onnx import DEFAULT_OPSET, to_onnx
+            to_onnx(new_graph, path=args.output, opset=args.opset or DEFAULT_OPSET,
                     dynamic_batch=not args.static_batch)
         else:
             from graphopt.mxnet_io import save_mxnet
@@ -161,6 +162,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. ids:1x16:int32 (repeatable)")
 
 
+OPSET_HELP = ("ONNX opset, 13 to 28 (default: graphopt.onnx.DEFAULT_OPSET, 21, the newest at "
+              "which the pinned onnxruntime runs every converter)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -178,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--to", choices=["onnx", "mxnet"], default="onnx")
     p.add_argument("output", help="OUT.onnx, or an MXNet prefix")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, help=OPSET_HELP)
     p.add_argument("--static-batch", action="store_true", help="keep the batch size fixed")
     p.set_defaults(run=cmd_export)
 
@@ -187,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         _model_arguments(p)
         p.add_argument("-o", "--output", help="write the result (ONNX file or MXNet prefix)")
         p.add_argument("--to", choices=["onnx", "mxnet"], default="mxnet")
-        p.add_argument("--opset", type=int, default=17)
+        p.add_argument("--opset", type=int, help=OPSET_HELP)
         p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
         p.add_argument("--rules-dir", action="append", help="a folder of extra rule files")
         p.add_argument("--phases", help="comma-separated phases to run (default: all)")

@@ -20,10 +20,10 @@ import onnxruntime as ort
 
 import graphopt
 from conftest import relative_error
-from graphopt.onnx import MAX_OPSET, to_onnx
+from graphopt.onnx import DEFAULT_OPSET, MAX_OPSET, to_onnx
 
 NEWEST_OPSET = MAX_OPSET
-DEFAULT_OPSETS = (13, 17)
+DEFAULT_OPSETS = (13, DEFAULT_OPSET)
 TOLERANCE = 1e-5  # issue 3: max |MXNet - ONNX| / max |MXNet| for every op
 
 
