@@ -42,6 +42,7 @@ SYMMETRIC_STEPS = 127        # over [0, t] when the range is [-t, t] (int8, zero
 DEFAULT_PERCENTILE = 99.99
 KL_EMPTY_COUNT = 0.5          # a quantized level with no count but outliers folded in: as if half a value
 MAX_CANDIDATES = 1024         # thresholds tried before refining around the best
+ENTROPY_BINS = 2048           # KL on at most this many bins over [0, max|x|] (TensorRT's 2048)
 MSE_BINS = 2048               # the error is computed on at most this many bins (merged as needed)
 MSE_GRID = 64                 # lower x upper bounds tried in the asymmetric signed search
 
@@ -62,97 +63,119 @@ def choose_range(histogram: TensorHistogram, method: str, symmetric: bool,
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
     width = histogram.bin_width
+    # exact zeros are left out of every method: zero is exact on every grid, and a ReLU
+    # output's spike of zeros would pull the percentile, KL and MSE thresholds down (measured on
+    # resnet_digits' first ReLU: entropy 9 dB SQNR with the zeros, 42 dB without)
     if histogram.one_sided or symmetric:
         counts = histogram.counts[histogram.bins_per_side:] if histogram.one_sided \
             else histogram.magnitude_counts()
+        counts = _without_zeros(counts, 0, histogram.zeros)
         if steps is None:
             steps = STEPS if histogram.one_sided else SYMMETRIC_STEPS
-        zeros = histogram.zeros
+        if not counts.any():
+            return (0.0, magnitude) if histogram.one_sided else (-magnitude, magnitude)
         if method == "percentile":
-            edge = _percentile_edge(counts, zeros, percentile / 100.0)
+            edge = _percentile_edge(counts, percentile / 100.0)
         elif method == "entropy":
             edge = _entropy_edge(counts, levels=int(round(steps)) + 1)
         else:
-            edge = _mse_magnitude_edge(counts, zeros, steps)
+            edge = _mse_magnitude_edge(counts, steps)
         threshold = min(edge * width, magnitude)
         if threshold <= 0.0:
             threshold = magnitude
         return (0.0, threshold) if histogram.one_sided else (-threshold, threshold)
-    counts = histogram.counts
     zero_index = histogram.bins_per_side
+    counts = _without_zeros(histogram.counts, zero_index, histogram.zeros)
     if method == "percentile":
         tail = (1.0 - percentile / 100.0) / 2.0
-        first, stop = _two_tail_edges(counts, zero_index, histogram.zeros, tail)
+        first, stop = _two_tail_edges(counts, zero_index, tail)
     elif method == "entropy":
         first, stop = _entropy_window(counts, zero_index)
     else:
-        first, stop = _mse_window(counts, zero_index, histogram.zeros)
+        first, stop = _mse_window(counts, zero_index)
     lo = max((first - zero_index) * width, low)
     hi = min((stop - zero_index) * width, high)
     return min(lo, 0.0), max(hi, 0.0)
 
 
+def _without_zeros(counts: np.ndarray, zero_index: int, zeros: int) -> np.ndarray:
+    """``counts`` (as float64) without the exact zeros, which sit in the bin at ``zero_index``."""
+    counts = counts.astype(np.float64)
+    counts[zero_index] -= zeros
+    return counts
+
+
 # --- percentile -------------------------------------------------------------------------------
 
-def _percentile_edge(counts: np.ndarray, zeros: int, fraction: float) -> int:
-    """The bin edge below which ``fraction`` of the non-zero values of a magnitude histogram lie."""
-    nonzero = counts.astype(np.float64)
-    nonzero[0] -= zeros
-    cumulative = np.cumsum(nonzero)
-    if cumulative[-1] <= 0:
-        return len(counts)
+def _percentile_edge(counts: np.ndarray, fraction: float) -> int:
+    """The bin edge below which ``fraction`` of the values of a magnitude histogram lie."""
+    cumulative = np.cumsum(counts)
     return int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left")) + 1
 
 
-def _two_tail_edges(counts: np.ndarray, zero_index: int, zeros: int,
-                    tail: float) -> tuple[int, int]:
-    """(first kept bin, one past the last kept bin) leaving ``tail`` of the non-zero values
-    beyond each side."""
-    nonzero = counts.astype(np.float64)
-    nonzero[zero_index] -= zeros
-    cumulative = np.cumsum(nonzero)
+def _two_tail_edges(counts: np.ndarray, zero_index: int, tail: float) -> tuple[int, int]:
+    """(first kept bin, one past the last kept bin) leaving ``tail`` of the values beyond
+    each side."""
+    cumulative = np.cumsum(counts)
     total = cumulative[-1]
     first = int(np.searchsorted(cumulative, tail * total, side="right"))
     stop = int(np.searchsorted(cumulative, (1.0 - tail) * total, side="left")) + 1
     return min(first, zero_index), max(stop, zero_index)
 
 
+def _merged_around_zero(counts: np.ndarray, zero_index: int,
+                        limit: int) -> tuple[np.ndarray, int, int]:
+    """The occupied part of a signed histogram with adjacent bins summed (a power of two of
+    them, zero staying a bin edge) so that at most about ``limit`` are left. Returns (counts,
+    index of the bin starting at zero, bins merged per new bin): merged bin ``k`` starts at
+    original bin ``zero_index + (k - zero) * factor``."""
+    occupied = np.flatnonzero(counts)
+    first = min(int(occupied[0]), zero_index)
+    stop = max(int(occupied[-1]) + 1, zero_index)
+    factor = 1
+    while stop - first > limit * factor:
+        factor *= 2
+    low_edge = zero_index - -(-(zero_index - first) // factor) * factor
+    high_edge = zero_index + -(-(stop - zero_index) // factor) * factor
+    merged = counts[low_edge:high_edge].reshape(-1, factor).sum(axis=1)
+    return merged, (zero_index - low_edge) // factor, factor
+
+
 # --- entropy ----------------------------------------------------------------------------------
 
 def _entropy_edge(counts: np.ndarray, levels: int) -> int:
     """The threshold (a bin edge) of a magnitude histogram with the least KL divergence."""
-    occupied = int(np.flatnonzero(counts)[-1]) + 1
+    counts, factor = _merged(counts, ENTROPY_BINS)
+    occupied = len(counts)
     if occupied <= levels:
-        return occupied
+        return occupied * factor
     prefix = _Prefix(counts)
     candidates = np.arange(levels, occupied + 1)
 
     def divergence(stops):
         return prefix.kl(np.zeros_like(stops), stops, levels)
-    return int(_refined_argmin(candidates, divergence))
+    return int(_refined_argmin(candidates, divergence)) * factor
 
 
 def _entropy_window(counts: np.ndarray, zero_index: int) -> tuple[int, int]:
     """The window ``[a * first, a * stop)`` around zero (``0 < a <= 1``) with the least KL
     divergence at 256 levels."""
     levels = STEPS + 1
-    occupied = np.flatnonzero(counts)
-    first, stop = int(occupied[0]), int(occupied[-1]) + 1
-    span = stop - first
+    merged, zero, factor = _merged_around_zero(counts, zero_index, 2 * ENTROPY_BINS)
+    span = len(merged)
     if span <= levels:
-        return first, stop
-    below = zero_index - first
-    # a window of n bins: n from `levels` to `span`, split in proportion around zero
-    sizes = np.arange(levels, span + 1)
-    lows = zero_index - np.round(sizes * (below / span)).astype(np.int64)
-    prefix = _Prefix(counts)
+        return zero_index - zero * factor, zero_index + (span - zero) * factor
+    prefix = _Prefix(merged)
 
-    def divergence(chosen_sizes):
-        starts = zero_index - np.round(chosen_sizes * (below / span)).astype(np.int64)
-        return prefix.kl(starts, starts + chosen_sizes, levels)
-    best = int(_refined_argmin(sizes, divergence))
-    start = int(lows[best - levels])
-    return start, start + best
+    def starts_of(sizes):   # a window of n bins, split around zero in the data's proportion
+        return zero - np.round(sizes * (zero / span)).astype(np.int64)
+
+    def divergence(sizes):
+        starts = starts_of(sizes)
+        return prefix.kl(starts, starts + sizes, levels)
+    best = int(_refined_argmin(np.arange(levels, span + 1), divergence))
+    start = int(starts_of(np.asarray([best]))[0])
+    return zero_index + (start - zero) * factor, zero_index + (start + best - zero) * factor
 
 
 class _Prefix:
@@ -233,11 +256,10 @@ def _merged(counts: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
     return padded.reshape(-1, factor).sum(axis=1), factor
 
 
-def _mse_magnitude_edge(counts: np.ndarray, zeros: int, steps: float) -> int:
+def _mse_magnitude_edge(counts: np.ndarray, steps: float) -> int:
     """The threshold (a bin edge) of a magnitude histogram with the least expected squared
-    error, values at bin centres, exact zeros costing nothing."""
+    error, values at bin centres."""
     merged, factor = _merged(counts, MSE_BINS)
-    merged[0] -= zeros                       # exact zeros are exact at any step
     centres = np.arange(len(merged)) + 0.5   # in units of the merged bin width
     candidates = np.arange(1, len(merged) + 1, dtype=np.float64)
 
@@ -247,33 +269,19 @@ def _mse_magnitude_edge(counts: np.ndarray, zeros: int, steps: float) -> int:
         rounding = (centres[None, :] - step * np.round(centres[None, :] / step)) ** 2
         clipping = (centres[None, :] - thresholds[:, None]) ** 2
         return (np.where(inside, rounding, clipping) * merged[None, :]).sum(axis=1)
-    best = _refined_argmin(candidates, error)
-    return int(best) * factor
+    return int(_refined_argmin(candidates, error)) * factor
 
 
-def _mse_window(counts: np.ndarray, zero_index: int, zeros: int) -> tuple[int, int]:
+def _mse_window(counts: np.ndarray, zero_index: int) -> tuple[int, int]:
     """The window (bins) of an asymmetric signed tensor with the least expected squared error:
     a grid of lower x upper bounds, the step ``(hi - lo) / 255`` on a grid through zero."""
-    occupied = np.flatnonzero(counts)
-    first, stop = int(occupied[0]), int(occupied[-1]) + 1
-    factor = 1
-    while (stop - first) > MSE_BINS * factor:
-        factor *= 2
-    # merge around zero so that zero stays a bin edge
-    low_edge = zero_index - -(-(zero_index - first) // factor) * factor
-    high_edge = zero_index + -(-(stop - zero_index) // factor) * factor
-    window = counts[low_edge:high_edge].astype(np.float64)
-    window[zero_index - low_edge] -= zeros
-    merged = window.reshape(-1, factor).sum(axis=1)
-    zero = (zero_index - low_edge) // factor
+    merged, zero, factor = _merged_around_zero(counts, zero_index, MSE_BINS)
     centres = np.arange(len(merged)) - zero + 0.5
     lows = -np.unique(np.linspace(0, zero, MSE_GRID).round())
     highs = np.unique(np.linspace(0, len(merged) - zero, MSE_GRID).round())
     lo, hi = np.meshgrid(lows, highs, indexing="ij")
-    lo, hi = lo.ravel(), hi.ravel()
     keep = hi > lo
-    lo, hi = lo[keep], hi[keep]
-    pairs = np.stack([lo, hi], axis=1)
+    pairs = np.stack([lo[keep], hi[keep]], axis=1)
 
     def error(chosen):
         low, high = chosen[:, 0:1], chosen[:, 1:2]
@@ -282,6 +290,5 @@ def _mse_window(counts: np.ndarray, zero_index: int, zeros: int) -> tuple[int, i
         rounding = (clipped - step * np.round(clipped / step)) ** 2
         clipping = (centres[None, :] - clipped) ** 2
         return ((rounding + clipping) * merged[None, :]).sum(axis=1)
-    errors = _blocked(error, pairs, block=64)
-    best_low, best_high = pairs[int(np.argmin(errors))]
-    return (zero_index + int(best_low) * factor, zero_index + int(best_high) * factor)
+    best_low, best_high = pairs[int(np.argmin(_blocked(error, pairs, block=64)))]
+    return zero_index + int(best_low) * factor, zero_index + int(best_high) * factor
