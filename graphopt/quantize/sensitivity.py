@@ -1,0 +1,222 @@
+"""Per-layer sensitivity: how much the model's output degrades when one layer alone is quantized,
+and the greedy float fallback built on it.
+
+    ranking = sensitivity(graph, calibration, {"data": x})         # most sensitive first
+    print(format_sensitivity(ranking))
+    result = fallback_until(graph, calibration, {"data": x}, min_sqnr=35.0)
+    result.graph, result.excluded                                   # the QDQ graph, layers kept float
+
+A layer is quantized alone by :func:`graphopt.quantize.quantize` with every other quantizable
+layer excluded: its inputs and output get their quantize/dequantize pairs, its weights int8, and
+nothing else changes. The graph outputs are compared with the float model's on the same
+inputs, in the same runtime:
+
+- ``sqnr``: 10 log10(sum ref^2 / sum (ref - q)^2) over every graph output, in dB (infinite when
+  the outputs are identical);
+- ``relative_error``: max |ref - q| / max |ref| (:func:`graphopt.compare.relative_error`);
+- ``top1_agreement``: the fraction of samples whose argmax over axis 1 of the first output is
+  unchanged (for classifiers; ``None`` when that output has no class axis).
+
+The runtime is onnxruntime (the QDQ graph exported by :func:`graphopt.to_onnx`, where single
+quantized layers run as QLinearConv/QLinearMatMul) or MXNet (the QDQ graph's Custom ops, a float
+simulation with the same quantize/dequantize arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from graphopt._progress import progress
+from graphopt.compare import relative_error
+from graphopt.errors import DataError
+from graphopt.ir.graph import Graph
+from graphopt.quantize.qdq import QuantizeReport, quantize, resolve_exclusions
+
+RUNTIMES = ("onnxruntime", "mxnet")
+
+
+@dataclass
+class LayerSensitivity:
+    """The model's output error with only ``layer`` quantized."""
+    layer: str
+    op: str
+    sqnr: float
+    relative_error: float
+    top1_agreement: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class OutputError:
+    sqnr: float
+    relative_error: float
+    top1_agreement: float | None
+    accuracy: float | None = None
+
+
+def sqnr_db(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> float:
+    """10 log10(sum ref^2 / sum (ref - q)^2) over all the arrays, in dB."""
+    signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in reference)
+    noise = sum(float(np.sum(np.square(np.asarray(r, np.float64) - np.asarray(q, np.float64))))
+                for r, q in zip(reference, quantized))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def output_error(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray],
+                 labels: np.ndarray | None = None) -> OutputError:
+    """SQNR, relative error and top-1 agreement of ``quantized`` against ``reference`` (lists of
+    graph outputs), and the accuracy of ``quantized`` against ``labels`` if given."""
+    first, first_q = reference[0], quantized[0]
+    classes = first.ndim >= 2 and first.shape[1] > 1
+    agreement = float(np.mean(first.argmax(1) == first_q.argmax(1))) if classes else None
+    accuracy = float(np.mean(first_q.argmax(1) == labels)) if classes and labels is not None else None
+    return OutputError(sqnr_db(reference, quantized),
+                       max(relative_error(r, q) for r, q in zip(reference, quantized)),
+                       agreement, accuracy)
+
+
+class _Runner:
+    """Runs graphs on the fixed inputs in one runtime, outputs as a list in graph order."""
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], runtime: str):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        self.inputs, self.runtime = dict(inputs), runtime
+
+    def __call__(self, graph: Graph) -> list[np.ndarray]:
+        if self.runtime == "mxnet":
+            from graphopt.runtime import MXNetModel
+            return MXNetModel.from_graph(graph).forward(self.inputs)
+        from graphopt.onnx import to_onnx
+        from graphopt.runtime import run_onnx
+        return list(run_onnx(to_onnx(graph), self.inputs).values())
+
+
+def _inputs(graph: Graph, data) -> dict[str, np.ndarray]:
+    if isinstance(data, Mapping):
+        inputs = {name: np.asarray(value) for name, value in data.items()}
+    elif len(graph.input_names) == 1:
+        inputs = {graph.input_names[0]: np.asarray(data)}
+    else:
+        raise DataError(f"the graph has {len(graph.input_names)} inputs {graph.input_names}: give "
+                        f"the data as {{input name: array}}")
+    absent = [name for name in graph.input_names if name not in inputs]
+    if absent or any(value.size == 0 for value in inputs.values()):
+        raise DataError(f"no data for input(s) {absent or list(inputs)} (or an empty batch)")
+    return inputs
+
+
+def quantizable_layers(graph: Graph, calibration, *, exclude: Iterable[str] = (),
+                       **options) -> list[str]:
+    """The layers that :func:`quantize` puts in int8 when every layer may be quantized, but
+    those in ``exclude``: the candidates of the sensitivity analysis, in graph order."""
+    excluded = resolve_exclusions(graph, exclude, False)
+    _, report = quantize(graph, calibration, exclude=sorted(excluded), **options)
+    return list(report.quantized)
+
+
+def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None = None,
+                exclude: Iterable[str] = (), runtime: str = "onnxruntime",
+                activations: str = "uint8", per_channel: bool = True) -> list[LayerSensitivity]:
+    """One :class:`LayerSensitivity` per layer, the most sensitive (lowest SQNR) first.
+
+    ``data``: an array for a single-input graph, or ``{input name: array}``; a few batches'
+    worth is enough (the ranking, not the absolute figures, is what matters). ``layers``: the
+    layers to measure (default: every layer :func:`quantize` would quantize, but ``exclude``).
+    ``activations``/``per_channel`` as :func:`quantize`. One quantized run per layer.
+    """
+    inputs = _inputs(graph, data)
+    run = _Runner(inputs, runtime)
+    options = dict(activations=activations, per_channel=per_channel)
+    candidates = quantizable_layers(graph, calibration, exclude=exclude, **options)
+    chosen = candidates if layers is None else list(layers)
+    unknown = [name for name in chosen if name not in candidates]
+    if unknown:
+        raise DataError(f"cannot measure {unknown}: not layers quantize() puts in int8 here; "
+                        f"those are {candidates}")
+    reference = run(graph)
+    results = []
+    for layer in progress(chosen, desc="sensitivity", unit="layer"):
+        others = [name for name in candidates if name != layer] + list(exclude)
+        qgraph, report = quantize(graph, calibration, exclude=others, **options)
+        error = output_error(reference, run(qgraph))
+        results.append(LayerSensitivity(layer, graph.node(layer).op, error.sqnr,
+                                        error.relative_error, error.top1_agreement))
+    results.sort(key=lambda item: (item.sqnr, -item.relative_error))
+    return results
+
+
+def format_sensitivity(ranking: Sequence[LayerSensitivity]) -> str:
+    lines = [f"{'layer':40s} {'op':16s} {'SQNR dB':>8s} {'rel.err':>9s} {'top-1':>6s}"]
+    for item in ranking:
+        agreement = "" if item.top1_agreement is None else f"{item.top1_agreement:6.3f}"
+        lines.append(f"{item.layer:40s} {item.op:16s} {item.sqnr:8.2f} "
+                     f"{item.relative_error:9.2e} {agreement:>6s}")
+    return "\n".join(lines)
+
+
+# --- the greedy float fallback ---------------------------------------------------------------
+
+@dataclass
+class FallbackResult:
+    """The QDQ graph that met the budget (or the last tried), the layers kept in float (most
+    sensitive first), and every step's measured error (``steps[k]``: with ``k`` layers in float)."""
+    graph: Graph
+    report: QuantizeReport
+    excluded: list[str]
+    met: bool
+    steps: list[OutputError] = field(default_factory=list)
+    ranking: list[LayerSensitivity] = field(default_factory=list)
+
+
+def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = None,
+                   max_accuracy_drop: float | None = None, labels: np.ndarray | None = None,
+                   exclude: Iterable[str] = (), runtime: str = "onnxruntime",
+                   activations: str = "uint8", per_channel: bool = True,
+                   ranking: Sequence[LayerSensitivity] | None = None) -> FallbackResult:
+    """Quantize everything, then keep the most sensitive layers in float one at a time (in the
+    order of :func:`sensitivity`) until the budget holds: the outputs' SQNR against float
+    at least ``min_sqnr`` dB and/or top-1 accuracy on ``labels`` at most ``max_accuracy_drop``
+    (a fraction: 0.005 is half a point) below float's. ``met`` is False if even the last
+    step (every ranked layer in float) misses it. ``ranking`` reuses a computed sensitivity.
+    """
+    if min_sqnr is None and max_accuracy_drop is None:
+        raise ValueError("give a budget: min_sqnr and/or max_accuracy_drop")
+    if max_accuracy_drop is not None and labels is None:
+        raise ValueError("max_accuracy_drop needs the labels of the data")
+    inputs = _inputs(graph, data)
+    run = _Runner(inputs, runtime)
+    options = dict(activations=activations, per_channel=per_channel)
+    if ranking is None:
+        ranking = sensitivity(graph, calibration, inputs, exclude=exclude, runtime=runtime,
+                              **options)
+    reference = run(graph)
+    float_accuracy = None
+    if labels is not None:
+        float_accuracy = output_error(reference, reference, np.asarray(labels)).accuracy
+
+    def holds(error: OutputError) -> bool:
+        return ((min_sqnr is None or error.sqnr >= min_sqnr) and
+                (max_accuracy_drop is None or error.accuracy is None or float_accuracy is None
+                 or error.accuracy >= float_accuracy - max_accuracy_drop - 1e-12))
+
+    excluded: list[str] = []
+    steps: list[OutputError] = []
+    order = [item.layer for item in ranking]
+    while True:
+        qgraph, report = quantize(graph, calibration, exclude=excluded + list(exclude), **options)
+        error = output_error(reference, run(qgraph), None if labels is None else np.asarray(labels))
+        steps.append(error)
+        if holds(error) or len(excluded) == len(order):
+            return FallbackResult(qgraph, report, list(excluded), holds(error), steps, list(ranking))
+        excluded.append(order[len(excluded)])
