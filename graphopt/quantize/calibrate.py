@@ -34,7 +34,7 @@ import numpy as np
 from graphopt._files import atomic_write_bytes
 from graphopt._progress import progress
 from graphopt.errors import CalibrationError, DataError
-from graphopt.ir.graph import Graph, Tensor
+from graphopt.ir.graph import Graph, Tensor, default_output_names
 from graphopt.quantize import ranges
 from graphopt.quantize.data import ImagePreprocessing, input_batches, sample_count
 from graphopt.quantize.histogram import DEFAULT_BINS_PER_SIDE, TensorHistogram
@@ -220,6 +220,8 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
     keep_histograms = method != "minmax" if histograms is None else histograms
     model = MXNetModel.from_graph(graph)
     names = _tensor_names(graph, model, tensors)
+    mxnet_names = _mxnet_names(graph)
+    graphopt_names = {mxnet: name for name, mxnet in mxnet_names.items()}
     if batch_size is None:
         batch_size = _default_batch_size(graph, names)
     inputs = [name for name in names if name in graph.input_names]
@@ -232,7 +234,8 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
     total = None if known is None else -(-known // batch_size)
     samples = 0
     for index, batch in enumerate(progress(batches, desc="calibrate", total=total, unit="batch")):
-        values = model.run(batch, outputs) if outputs else {}
+        values = model.run(batch, [mxnet_names.get(n, n) for n in outputs]) if outputs else {}
+        values = {graphopt_names.get(n, n): v for n, v in values.items()}
         values.update({name: batch[name] for name in inputs})
         first_sample = samples
         samples += len(next(iter(batch.values())))
@@ -261,12 +264,23 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
     return Calibration(method, statistics, {"percentile": percentile}, samples, batch_size)
 
 
+def _mxnet_names(graph: Graph) -> dict[str, str]:
+    """graphopt tensor name -> MXNet's name of that output in ``to_symbol(graph)``: MXNet names
+    an output after its node, while a rewrite keeps the name of the tensor a node now computes
+    (a conv with a BatchNorm folded in writes ``bn_output``)."""
+    return {graph.tensor_name(Tensor(node.name, i)): default_output_names(node.name, node.op,
+                                                                          node.num_outputs)[i]
+            for node in graph.op_nodes() for i in range(node.num_outputs)}
+
+
 def _tensor_names(graph: Graph, model, tensors: Iterable[str] | None) -> list[str]:
-    """The float tensors to calibrate, in the model's order."""
+    """The float tensors to calibrate (graphopt names), in the model's order."""
     types = _float_tensors(graph)
-    internal = set(model.internal_names)
+    graphopt_name = {mxnet: name for name, mxnet in _mxnet_names(graph).items()}
+    internal = {graphopt_name.get(name, name) for name in model.internal_names}
     default = [name for name in graph.input_names if name in types] + \
-              [name for name in model.internal_names if name in types]
+              [graphopt_name.get(name, name) for name in model.internal_names
+               if graphopt_name.get(name, name) in types]
     if tensors is None:
         return default
     wanted = list(dict.fromkeys(tensors))
