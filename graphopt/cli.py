@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("graphopt.quantize.cli", "graphopt.prune.cli", "graphopt.distill.cli")
+COMMAND_MODULES = ("graphopt.quantize.cli", "graphopt.quantize.calibrate_cli", "graphopt.prune.cli",
+                   "graphopt.distill.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
