@@ -14,7 +14,7 @@ import pytest
 import graphopt
 from fixtures import build
 from graphopt.errors import DataError, GraphError
-from graphopt.quantize import ObservedRanges, quantize
+from graphopt.quantize import ObservedRanges, calibrate, quantize
 from graphopt.quantize.mxnet_int8 import to_mxnet_int8
 from graphopt.mxnet_io.save import save_symbol
 from graphopt.runtime import run_mxnet, run_onnx
@@ -37,7 +37,7 @@ def digits():
 def _emitted(name, digits, tmp_path_factory, **options):
     x_train, _, x_test, _ = digits
     graph = graphopt.load(*build.fixture_path(name), inputs={"data": build.DIGITS_INPUT_SHAPE})
-    calibration = ObservedRanges.observe(graph, {"data": x_train[:CALIBRATION_SAMPLES]})
+    calibration = calibrate(graph, x_train[:CALIBRATION_SAMPLES], method="minmax")
     qgraph, report = to_mxnet_int8(graph, calibration, **options)
     prefix = tmp_path_factory.mktemp(name) / f"{name}-int8"
     symbol_path, params_path = graphopt.save_mxnet(qgraph, prefix)
@@ -171,7 +171,8 @@ def test_bad_requests_are_refused_clearly(lenet):
     with pytest.raises(GraphError, match="no op node"):
         to_mxnet_int8(graph, lenet["calibration"], exclude=["lenet_conv9_fwd"])
     # the second conv's output (after its ReLU) is a tensor MXNet needs a threshold for
-    partial = {name: value for name, value in lenet["calibration"].ranges.items()
+    calibration = lenet["calibration"]
+    partial = {name: calibration.range(name) for name in calibration.names
                if name != "lenet_conv1_relu_fwd_output"}
     with pytest.raises(DataError, match="lenet_conv1_relu_fwd_output"):
         to_mxnet_int8(graph, partial)

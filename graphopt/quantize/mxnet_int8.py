@@ -41,7 +41,7 @@ from typing import Any, Iterable, Mapping
 import mxnet as mx
 from mxnet.contrib import quantization as mx_quantization
 
-from graphopt.errors import DataError, GraphError
+from graphopt.errors import CalibrationError, DataError, GraphError
 from graphopt.ir.graph import Graph, Tensor
 
 QUANTIZED_DTYPES = ("auto", "int8", "uint8")
@@ -260,7 +260,7 @@ def _calibrated_range(calibration, tensor: str, symmetric: bool) -> tuple[float,
         return (-max(-low, high), max(-low, high)) if symmetric and low < 0 else (low, high)
     try:
         low, high = calibration.range(tensor, symmetric=symmetric)
-    except KeyError:
+    except (KeyError, CalibrationError):
         return None
     return float(low), float(high)
 
