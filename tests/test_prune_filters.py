@@ -236,9 +236,11 @@ def test_dropping_the_zeroed_filters_cuts_macs_and_computes_the_masked_model(
         dropped_resnet, heldout):
     masked, smaller, report = dropped_resnet
     # half of every conv's output channels and (but for the stem) of its input channels:
-    # about a quarter of the MACs are left (measured below 0.3)
-    assert report.after["macs"] < 0.3 * report.before["macs"]
-    assert report.after["params"] < 0.35 * report.before["params"]
+    # about a quarter of the MACs are left (measured 2.36 M of 9.35 M)
+    assert report.after["macs"] < 0.26 * report.before["macs"]
+    assert report.after["params"] < 0.26 * report.before["params"]  # measured 20,146 of 78,426
+    # every zeroed channel went: the silenced channels are exactly 0, nothing to fold
+    assert report.dropped.dropped == 8 + 8 + 16 + 16 + 32 + 32  # half of each of the 6 segments
     images, _ = heldout
     (reference,) = run_mxnet(masked, {"data": images[:64]}).values()
     (actual,) = run_mxnet(smaller, {"data": images[:64]}).values()
@@ -268,8 +270,10 @@ def test_lenet_half_its_filters_dropped(lenet, heldout):
     held-out accuracy (the figures in the issue's closing note)."""
     smaller, report = graphopt.prune(lenet, method="filters", ratio=0.5, drop=True,
                                      measure_storage=False)
-    # conv0 20 -> 10, conv1 50 -> 25 reading 10, dense0 128 -> 64 reading 25*5*5: measured
-    # 1.35 M -> 0.37 M MACs
-    assert report.after["macs"] < 0.3 * report.before["macs"]
-    # the masked model's accuracy (0.9025, measured: 324/359), unchanged by the dropping
-    assert accuracy(smaller, heldout) == pytest.approx(0.9025, abs=0.003)
+    # conv0 20 -> 10 filters: 10x24x24 outputs x 1x5x5 = 144,000; conv1 50 -> 25 reading 10:
+    # 25x10x10 x 10x3x3 = 225,000; dense0 128 -> 64 reading 25x5x5: 40,000; dense1 10 x 64 = 640
+    assert report.after["macs"] == 144_000 + 225_000 + 40_000 + 640  # of 1,349,280
+    assert report.after["params"] < 0.26 * report.before["params"]  # measured 43,249 of 170,988
+    # measured 0.8997 (323/359) before fine-tuning, against 0.9944 unpruned: the masked
+    # model's accuracy, which dropping does not change
+    assert accuracy(smaller, heldout) == pytest.approx(0.8997, abs=0.003)

@@ -5,8 +5,18 @@ The unit is a *segment*: the channels of one channel group
 residual trunk every producer makes every channel, so the trunk is one segment and channel ``c``
 is zeroed in all its producers at once (zeroing it in one only would leave nothing to drop); a
 Concat of two convolutions' outputs is one group with two segments, each pruned by its own
-ratio. A depthwise convolution on the channels has its filter of each zeroed channel zeroed too
-(its output is then its bias, a constant the dropper folds away).
+ratio. A depthwise convolution on the channels has its filter of each zeroed channel zeroed too.
+
+A pruned channel is silenced, not just its filter: its bias, and the ``beta`` and moving mean of
+every BatchNorm it passes through (and a per-channel parameter added to it), are zeroed too, so
+the channel is exactly 0 after them. A zeroed filter alone leaves the constant
+``act(beta - gamma * mean / sqrt(var + eps))``, which can be folded into the next layer's bias
+only where that layer does not pad with zeros (at the borders a padded conv sees the constant
+in some taps and zeros in others): ResNet's 3x3 convs all pad, and the dropper (rightly) kept
+nearly every such channel (measured on resnet_digits at 50%: 64 of 234 channels dropped; with
+the channels silenced, every zeroed one). This is what removing the channel means, and what
+Torch-Pruning and NNI's speedup produce; the pruned-but-not-dropped model computes exactly what
+the dropped one computes.
 
 Ranking (``criterion``), per channel, summed over the segment's producers:
 
@@ -210,6 +220,47 @@ def _global_counts(segments: list[Segment], ratio: float, round_to: int | None) 
         segment.prune_count = size - _keep_count(size, count, round_to) if count else 0
 
 
+# --- silencing a channel --------------------------------------------------------------------------
+
+ADDITIVE_OPS = ("broadcast_add", "broadcast_sub", "elemwise_add", "elemwise_sub", "_grad_add",
+                "add_n")
+
+
+def _zero_entries(graph: Graph, name: str, axis: int, positions: list[int]) -> None:
+    value = np.array(graph.params[name])
+    index = [slice(None)] * value.ndim
+    index[axis] = positions
+    value[tuple(index)] = 0
+    graph.set_param(name, value)
+
+
+def _silence(graph: Graph, segment: Segment, zeroed: set[int]) -> None:
+    """Zero what would keep the ``zeroed`` group channels non-zero after their filters are:
+    the producers' (and depthwise followers') bias entries, BatchNorm beta and moving mean,
+    and per-channel parameters added to them (module docstring)."""
+    for producer in segment.producers + segment.followers:
+        if producer.bias is not None:
+            positions = [i for i, c in enumerate(producer.channels) if c in zeroed]
+            if positions:
+                _zero_entries(graph, producer.bias, 0, positions)
+    for through in segment.group.throughs:
+        if not through.params or not through.inputs:
+            continue
+        channels = segment.group.tensors.get(through.inputs[0])
+        if channels is None:
+            continue
+        positions = [p for p, c in enumerate(channels) if c in zeroed]
+        if not positions:
+            continue
+        if through.op == "BatchNorm":  # gamma * (0 - mean) / sqrt(var + eps) + beta == 0
+            for name, axis in (through.params[1], through.params[2]):
+                _zero_entries(graph, name, axis, positions)
+        elif through.op in ADDITIVE_OPS:
+            for name, axis in through.params:
+                if graph.params[name].shape[axis] == len(channels):
+                    _zero_entries(graph, name, axis, positions)
+
+
 # --- the entry point --------------------------------------------------------------------------------
 
 def _check_round_to(round_to) -> int | None:
@@ -269,6 +320,7 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
             skipped.append({"layers": segment.names, "reason": positions})
             continue
         zeroed = {segment.channels[p] for p in positions}
+        _silence(pruned, segment, zeroed)
         for producer in segment.producers + segment.followers:
             indices = [i for i, c in enumerate(producer.channels) if c in zeroed]
             if not indices:

@@ -183,6 +183,8 @@ def format_report(report: PruneReport) -> str:
         for name, size in report.storage_after.items():
             saving = f"  {size / dense:.3f} of before" if dense else ""
             out.append(f"  {name:<13} {human_bytes(size):>10}{saving}")
+    if report.dropped is not None and hasattr(report.dropped, "format"):
+        out += ["", report.dropped.format()]
     for skipped in report.skipped:
         names = ", ".join(skipped.get("layers", [])[:6])
         out.append(f"not pruned: {names}: {skipped['reason']}")
