@@ -9,3 +9,5 @@ from graphopt.prune.storage import load_sparse, save_sparse, storage_sizes  # no
 
 # channel coupling (which channels keep or drop together) and dropping zeroed channels
 from graphopt.prune.coupling import ChannelGroup, channel_groups  # noqa: E402
+from graphopt.prune.drop import DropReport, drop_channels  # noqa: E402
+from graphopt.prune import rule_functions as _rule_functions  # noqa: E402,F401  (registers them)

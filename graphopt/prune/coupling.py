@@ -202,8 +202,16 @@ def channel_groups(graph: Graph) -> list[ChannelGroup]:
     producer. The result is cached in ``graph.derived`` until the graph's next edit."""
     cached = graph.derived.get("channel_groups")
     if cached is None:
-        cached = graph.derived["channel_groups"] = _Analysis(graph).run()
+        analysis = _Analysis(graph)
+        cached = graph.derived["channel_groups"] = analysis.run()
+        graph.derived["channel_refusals"] = analysis.refused
     return cached
+
+
+def refusal(graph: Graph, node: str) -> str | None:
+    """Why the analysis did not follow op ``node`` (None if it did, or never met it)."""
+    channel_groups(graph)
+    return graph.derived.get("channel_refusals", {}).get(node)
 
 
 def group_of(graph: Graph, node: str) -> ChannelGroup | None:
@@ -228,6 +236,7 @@ class _Analysis:
         self.consumers: list[Consumer] = []
         self.constraints: list[EqualDrops] = []
         self.producer_atoms: dict[str, list[int]] = {}   # output atoms of each producer
+        self.refused: dict[str, str] = {}                 # op nodes not followed, and why
         self.readers: dict[str, int] = {}
         for _src, _dst, _data in graph.nx.edges(data=True):
             self.readers[_src] = self.readers.get(_src, 0) + 1
@@ -253,14 +262,15 @@ class _Analysis:
     def channel_map(self, tensor: Tensor) -> list[int] | None:
         return self.maps.get(tensor)
 
-    def set_map(self, tensor: Tensor, atoms: list[int]) -> None:
+    def set_map(self, tensor: Tensor, atoms: list[int]) -> bool:
         shape = self.graph.tensor_type(tensor).shape
         if shape is None or len(shape) < 2 or shape[1] != len(atoms):
             self.pin(atoms, f"{tensor.node!r} has shape {shape}, not the {len(atoms)} channels "
                             f"the analysis expects")
-            return
+            return False
         self.join(atoms)
         self.maps[tensor] = atoms
+        return True
 
     def map_or_pinned(self, tensor: Tensor, why: str) -> list[int]:
         """The map of a channel tensor; a tensor outside every group gets pinned atoms."""
@@ -324,6 +334,7 @@ class _Analysis:
 
     def refuse(self, node: Node, why: str) -> None:
         """``node`` reads channel tensors in a way the analysis does not follow: pin them."""
+        self.refused[node.name] = why
         for slot, tensor in enumerate(self.inputs(node)):
             atoms = self.maps.get(tensor) or (self.flat[tensor][0] if tensor in self.flat else None)
             if atoms:
@@ -436,11 +447,10 @@ class _Analysis:
 
     def through(self, node: Node, inputs: list[Tensor], atoms: list[int],
                 params: list[tuple[str, int]] = ()) -> None:
-        outputs = [Tensor(node.name, i) for i in range(node.num_outputs)
-                   if (node.outputs[i].shape or (0,))[0:1] and len(node.outputs[i].shape or ()) >= 2
-                   and node.outputs[i].shape[1] == len(atoms)]
-        self.throughs.append(Through(node.name, node.op, inputs, outputs[:1], list(params)))
-        self.set_map(Tensor(node.name, 0), atoms)
+        output = Tensor(node.name, 0)
+        mapped = self.set_map(output, atoms)
+        self.throughs.append(Through(node.name, node.op, inputs, [output] if mapped else [],
+                                     list(params)))
 
     def batchnorm(self, node: Node) -> str | None:
         data = self.inputs(node)[0]
@@ -624,17 +634,17 @@ class _Analysis:
         if out is None or self.attr(node, "reverse") or self.attr(node, "target_shape"):
             return "unknown"
         codes = tuple(self.attr(node, "shape") or ())
+        if len(out) == 2 and len(codes) == 2 and out[0] == shape[0] and codes[0] in (0, shape[0]) \
+                and codes[1] == -1:
+            self.throughs.append(Through(node.name, node.op, [data], [Tensor(node.name, 0)]))
+            self.flat[Tensor(node.name, 0)] = (self.maps[data], math.prod(shape[2:]))
+            return None
         if len(codes) < 2 or codes[0] not in (0, shape[0]) or codes[1] not in (0, shape[1]):
             return "a Reshape that moves the channel axis"
         if len(out) >= 2 and out[:2] == shape[:2] and (len(out) > 2 or math.prod(shape[2:]) == 1):
             if len(out) > 2 and math.prod(out[2:]) != math.prod(shape[2:]):
                 return "unknown"
             self.through(node, [data], self.maps[data])
-            return None
-        if len(out) == 2 and out[0] == shape[0] and out[1] == math.prod(shape[1:]) \
-                and codes[1] == 0:
-            self.throughs.append(Through(node.name, node.op, [data], [Tensor(node.name, 0)]))
-            self.flat[Tensor(node.name, 0)] = (self.maps[data], math.prod(shape[2:]))
             return None
         return "a Reshape that mixes the channel axis with others"
 

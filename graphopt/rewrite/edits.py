@@ -10,6 +10,9 @@ consumers stay consistent and every change is journaled for rollback:
     add_param       add a parameter holding a computed array
     insert_on_edge  put an op between a tensor and all its readers
     erase           remove a node nothing reads
+    apply_changes   a computed :class:`GraphChanges`: new parameter values, new parameter inputs
+                    and attributes across any number of nodes (deleting channels through a
+                    whole channel group is not a local pattern)
 
 Afterwards the matched nodes and parameters that nothing reads any more are erased, and every
 node the rule made or changed records the rule and the loaded nodes it stands for.
@@ -28,6 +31,23 @@ from graphopt.rewrite.match import Match, Ref, readers, slot_name
 from graphopt.rewrite.rules import Edit, Rule
 from graphopt.rewrite.validate import visible_outputs
 from graphopt.schema import format_value, mxnet_schema
+
+
+@dataclass
+class GraphChanges:
+    """Edits a function computed for the ``apply_changes`` verb, made through the graph's edit
+    vocabulary (journaled, validated and rolled back like any other edit):
+
+    ``params``      parameter name -> its new value (the shape may change);
+    ``new_inputs``  (node, slot, value): the node reads a new parameter holding ``value`` there;
+    ``attrs``       (node, key, value): set an attribute.
+    """
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    new_inputs: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    attrs: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.new_inputs or self.attrs)
 
 
 @dataclass
@@ -200,6 +220,27 @@ class EditRun:
         self.graph.erase_node(name)
         self.summary.erased.append(name)
 
+    def do_apply_changes(self, edit: Edit) -> None:
+        changes = self.values[edit.target]
+        if not isinstance(changes, GraphChanges):
+            raise GraphError(f"apply_changes needs a GraphChanges, {edit.target!r} is a "
+                             f"{type(changes).__name__}")
+        graph = self.graph
+        for name, value in changes.params.items():
+            graph.set_param(name, np.asarray(value))
+            readers_of = [consumer for consumer, _slot in readers(graph, Tensor(name, 0))]
+            self.summary.changed.update(readers_of)
+            self.remade.update(readers_of)
+        for node, slot, value in changes.new_inputs:
+            name = f"{node}_{slot_name(graph.node(node).op, slot)}"
+            graph.set_input(node, slot, Tensor(self.param(value, name, "param"), 0))
+            self.summary.changed.add(node)
+            self.remade.add(node)
+        for node, key, value in changes.attrs:
+            graph.set_attr(node, key, value)
+            self.summary.changed.add(node)
+            self.remade.add(node)
+
     # clean-up --------------------------------------------------------------------------------
 
     def take_names(self) -> None:
@@ -243,4 +284,4 @@ def apply_edits(graph: Graph, rule: Rule, match: Match, values: dict[str, Any]) 
     return EditRun(graph, rule, match, values).run()
 
 
-__all__ = ["apply_edits", "EditSummary"]
+__all__ = ["apply_edits", "EditSummary", "GraphChanges"]

@@ -35,8 +35,8 @@ DEFAULT_TOLERANCE = 1e-5
 RULE_KEYS = {"description", "phase", "anchor", "priority", "tolerance", "params", "pattern",
              "guards", "compute", "edits", "tests", "changes_shapes"}
 PATTERN_NODE_KEYS = {"op", "inputs", "attrs", "output"}
-TEST_KEYS = {"name", "inputs", "nodes", "outputs", "params", "applied", "refused_by", "remaining",
-             "context"}
+TEST_KEYS = {"name", "inputs", "nodes", "outputs", "params", "zeroed", "applied", "refused_by",
+             "remaining", "context"}
 TEST_NODE_KEYS = {"name", "op", "inputs", "attrs"}
 EDIT_KEYS = {
     "set_input": ({"slot", "to"}, set()),
@@ -46,6 +46,7 @@ EDIT_KEYS = {
     "add_param": ({"value"}, {"name"}),
     "insert_on_edge": ({"tensor", "op"}, {"extra_inputs", "attrs", "attrs_from", "name"}),
     "erase": (set(), set()),
+    "apply_changes": (set(), set()),
 }
 
 _IDENT = re.compile(r"[A-Za-z_]\w*\Z")
@@ -516,6 +517,8 @@ class _RuleParser:
                 need(name, tensors + ("value",), f"{key}.inputs[{i}]")
         if verb == "add_param":
             need(fields["value"], ("value",), f"{key}.value")
+        if verb == "apply_changes":
+            need(target, ("value",), f"{key}.{verb}")
         if "name" in fields:
             self.check_template(fields["name"], bound, f"{key}.name")
         if verb in ("add_node", "add_param", "insert_on_edge"):

@@ -8,7 +8,9 @@ rule fires, ``refused_by`` the guard or function (or ``"pattern"``) that must st
 ``remaining`` op counts, and ``context`` what the rewrite's guards and functions read (a key
 with a registered context factory, such as quantization's ``quantize``, is built from the
 vector's graph and seeded inputs). Parameters get seeded random values (variances and gammas in
-[0.5, 1.5], so that a fold that ignores them shows); ``params`` fixes some to a constant.
+[0.5, 1.5], so that a fold that ignores them shows); ``params`` fixes some to a constant, and
+``zeroed`` zeroes slices of some, as pruning does: ``{ conv_weight = [0, 2] }`` zeroes filters
+0 and 2 (axis 0), ``{ up_weight = { axis = 1, index = [1] } }`` index 1 of another axis.
 """
 
 from __future__ import annotations
@@ -66,9 +68,18 @@ def build_vector_symbol(vector: dict) -> mx.sym.Symbol:
             built[name] = mx.sym.Variable(name)
         return built[name]
 
+    def read(name: str) -> mx.sym.Symbol:
+        """What a node input names: a node's first output, ``"node:i"`` its output i, or an
+        input or parameter."""
+        base, _, index = name.partition(":")
+        symbol = tensor(base)
+        if index:
+            return symbol[int(index)]
+        return symbol[0] if len(symbol.list_outputs()) > 1 else symbol
+
     for node in vector["nodes"]:
         attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in node.get("attrs", {}).items()}
-        inputs = [tensor(name) for name in node.get("inputs", [])]
+        inputs = [read(name) for name in node.get("inputs", [])]
         built[node["name"]] = _mxnet_op(node["op"])(*inputs, name=node["name"], **attrs)
     outputs = [tensor(name) for name in vector["outputs"]]
     return outputs[0] if len(outputs) == 1 else mx.sym.Group(outputs)
@@ -79,10 +90,17 @@ def build_vector_graph(vector: dict, folder: str | Path, seed: int = 0) -> Graph
     shapes = {name: tuple(shape) for name, shape in vector["inputs"].items()}
     rng = np.random.RandomState(seed)
     fixed = vector.get("params", {})
+    zeroed = vector.get("zeroed", {})
 
     def value(_kind: str, name: str, shape: tuple) -> np.ndarray:
-        return (np.full(shape, fixed[name], np.float32) if name in fixed
-                else _random_value(name, shape, rng))
+        array = (np.full(shape, fixed[name], np.float32) if name in fixed
+                 else _random_value(name, shape, rng))
+        if name in zeroed:
+            where = zeroed[name] if isinstance(zeroed[name], dict) else {"index": zeroed[name]}
+            index = [slice(None)] * array.ndim
+            index[where.get("axis", 0)] = list(where["index"])
+            array[tuple(index)] = 0.0
+        return array
     symbol_path, params_path = save_symbol(build_vector_symbol(vector), Path(folder) / "vector",
                                            shapes, value)
     return load(symbol_path, params_path, inputs=shapes, name=vector["name"])

@@ -1,0 +1,367 @@
+"""Dropping zeroed channels: deleting them from every coupled tensor, exactly.
+
+    smaller, report = drop_channels(pruned_graph)
+    print(report.format())          # what went, and why each zeroed channel that stayed stayed
+
+The deletion is the rule ``drop_zeroed_channels`` (``rules/prune.toml``, phase
+``drop_channels``) run by the rewrite engine, so it is journaled, re-inferred by MXNet and
+rolled back if it does not hold, like any rewrite. The rule is anchored on a producer
+(Convolution / FullyConnected / Deconvolution); its function :func:`plan_drop` looks at the
+producer's whole :class:`~graphopt.prune.coupling.ChannelGroup` and computes every new array and
+attribute of the group at once (``apply_changes``: a channel group is not a local pattern).
+
+Which channels go (:func:`plan_drop`)
+    A group channel may be deleted when it is not pinned (graph output, an op the analysis
+    cannot follow...) and every layer reading it (the group's consumers) sees a constant there
+    that can be folded into its bias: ``bias += c * sum(W[:, c])`` for a convolution that pads
+    nothing or c == 0 (zero padding makes a constant channel non-constant at the borders: such
+    channels stay, with that reason), the matching columns' sum for a FullyConnected after a
+    Flatten, c == 0 only for a Deconvolution. The constant is the channel's value through
+    BatchNorm (beta != 0 still emits one), activations and pooling
+    (:mod:`graphopt.prune.constants`). Then: a tensor keeps at least one channel; the groups of a
+    grouped convolution and the parts of a SliceChannel lose equally many (extra zeroed channels
+    stay, with the reason).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphopt.ir.graph import Graph, Tensor
+from graphopt.prune.constants import channel_constants
+from graphopt.prune.coupling import ChannelGroup, Consumer, channel_groups
+from graphopt.rewrite.edits import GraphChanges
+from graphopt.rewrite.report import Report
+from graphopt.schema import attr_or_default
+
+RULE = "drop_zeroed_channels"
+
+
+@dataclass
+class DropPlan:
+    """What dropping a group's zeroed channels does: the group channels ``dropped``, the
+    constant channels ``kept`` with the reason, and the ``changes`` that delete them."""
+    group: ChannelGroup
+    dropped: list[int] = field(default_factory=list)
+    zeroed: list[int] = field(default_factory=list)    # constant in every producer that makes it
+    kept: dict[int, str] = field(default_factory=dict)
+    changes: GraphChanges = field(default_factory=GraphChanges)
+
+    def explain(self) -> str:
+        """Why nothing (more) of this group is dropped."""
+        if not self.zeroed:
+            return f"{self.group.describe()}: no zeroed channel"
+        reasons: dict[str, int] = {}
+        for channel in self.zeroed:
+            if channel in self.kept:
+                reasons[self.kept[channel]] = reasons.get(self.kept[channel], 0) + 1
+        listed = "; ".join(f"{count} channel(s): {why}" for why, count in reasons.items())
+        return f"{self.group.describe()}: zeroed channels kept: {listed or 'none'}"
+
+
+def _attr(graph: Graph, node: str, key: str) -> Any:
+    n = graph.node(node)
+    return attr_or_default(n.op, n.attrs, key, None)
+
+
+def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
+    if tensor in group.tensors:
+        return group.tensors[tensor]
+    return group.flat_tensors[tensor][0]
+
+
+# --- choosing the channels -----------------------------------------------------------------------
+
+def _fold_problem(graph: Graph, consumer: Consumer, value: float) -> str | None:
+    """Why constant ``value`` at an input channel of ``consumer`` cannot go into its bias."""
+    if not np.isfinite(value):
+        return "not constant"
+    if value == 0:
+        return None
+    if consumer.op == "Deconvolution":
+        return (f"a non-zero constant enters Deconvolution {consumer.node!r}, whose output of "
+                f"a constant is not constant")
+    if consumer.op == "Convolution" and any(_attr(graph, consumer.node, "pad") or ()):
+        return (f"a non-zero constant enters the zero padding of Convolution {consumer.node!r}: "
+                f"not constant at the borders, so it cannot go into a bias")
+    return None
+
+
+def _choose(graph: Graph, group: ChannelGroup, values: dict[Tensor, np.ndarray],
+            plan: DropPlan) -> set[int]:
+    blocked: dict[int, str] = dict(group.pinned)
+    for consumer in group.consumers:
+        constants = values.get(consumer.tensor)
+        for position, channel in enumerate(consumer.channels):
+            value = np.nan if constants is None else constants[position]
+            problem = _fold_problem(graph, consumer, value)
+            if problem is not None:
+                blocked.setdefault(channel, problem)
+    zeroed = set(range(group.size))
+    for producer in group.producers:
+        constants = values.get(Tensor(producer.node, 0))
+        for position, channel in enumerate(producer.channels):
+            if constants is None or not np.isfinite(constants[position]):
+                zeroed.discard(channel)
+    plan.zeroed = sorted(zeroed)
+    drop = {c for c in range(group.size) if c not in blocked}
+    plan.kept.update({c: blocked[c] for c in zeroed if c in blocked})
+    changed = True
+    while changed:
+        changed = False
+        for tensor in list(group.tensors) + list(group.flat_tensors):
+            channels = _channels(group, tensor)
+            if channels and all(c in drop for c in channels):
+                drop.discard(channels[0])
+                plan.kept[channels[0]] = (f"the last channel of {graph.tensor_name(tensor)} "
+                                          f"(a layer never loses all its channels)")
+                changed = True
+        for constraint in group.constraints:
+            counts = [sum(c in drop for c in block) for block in constraint.blocks]
+            low = min(counts)
+            for block, count in zip(constraint.blocks, counts):
+                for channel in reversed(block):
+                    if count <= low:
+                        break
+                    if channel in drop:
+                        drop.discard(channel)
+                        count -= 1
+                        changed = True
+                        plan.kept[channel] = (f"the {constraint.what} of {constraint.node!r} must "
+                                              f"lose equally many channels")
+    return drop
+
+
+# --- computing the new arrays --------------------------------------------------------------------
+
+class _Arrays:
+    """Working copies of the parameters a plan changes (float64 for the folds)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.values: dict[str, np.ndarray] = {}
+        self.new_bias: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            self.values[name] = self.graph.params[name].astype(np.float64)
+        return self.values[name]
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self.values[name] = value
+
+    def bias(self, node: str, bias: str | None, size: int) -> np.ndarray:
+        if bias is not None:
+            return self.get(bias)
+        return self.new_bias.setdefault(node, np.zeros(size))
+
+    def changes(self, attrs: list, new_bias_slot: dict[str, int]) -> GraphChanges:
+        params = {name: value.astype(self.graph.params[name].dtype)
+                  for name, value in self.values.items()}
+        new_inputs = []
+        for node, value in self.new_bias.items():
+            if np.any(value != 0):
+                weight_dtype = self.graph.params[self.graph.input_of(node, 1).node].dtype
+                new_inputs.append((node, new_bias_slot[node], value.astype(weight_dtype)))
+                attrs.append((node, "no_bias", False))
+        return GraphChanges(params, new_inputs, attrs)
+
+
+def _kept_positions(channels: tuple[int, ...], drop: set[int]) -> list[int]:
+    return [p for p, c in enumerate(channels) if c not in drop]
+
+
+def _per_group(positions: list[int], per_group: int, groups: int) -> list[list[int]]:
+    """Positions split by the conv group they fall in, as indices within that group."""
+    split: list[list[int]] = [[] for _ in range(groups)]
+    for p in positions:
+        split[p // per_group].append(p % per_group)
+    return split
+
+
+def _drop_outputs(graph: Graph, arrays: _Arrays, attrs: list, producer, keep: list[int]) -> None:
+    weight = arrays.get(producer.weight)
+    if producer.op == "Deconvolution":
+        groups = producer.num_group
+        rows, columns = weight.shape[0] // groups, weight.shape[1]
+        locals_ = _per_group(keep, columns, groups)
+        arrays.set(producer.weight, np.concatenate(
+            [weight[j * rows:(j + 1) * rows][:, locals_[j]] for j in range(groups)], axis=0))
+    else:
+        arrays.set(producer.weight, weight[keep])
+    if producer.bias is not None:
+        arrays.set(producer.bias, arrays.get(producer.bias)[keep])
+    key = "num_hidden" if producer.op == "FullyConnected" else "num_filter"
+    attrs.append((producer.node, key, len(keep)))
+
+
+def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[int],
+                 constants: np.ndarray | None) -> None:
+    weight = arrays.get(consumer.weight)
+    positions = range(len(consumer.channels))
+    keep = [p for p in positions if consumer.channels[p] not in drop]
+    gone = [p for p in positions if consumer.channels[p] in drop]
+    if consumer.op == "Deconvolution":   # (C_in, C_out/g, ...): input channels are axis 0
+        arrays.set(consumer.weight, weight[keep])   # only zero constants are dropped here
+        return
+    if consumer.op == "FullyConnected":
+        spatial = consumer.spatial
+        bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+        for p in gone:
+            if constants[p] != 0:
+                bias += constants[p] * weight[:, p * spatial:(p + 1) * spatial].sum(axis=1)
+        columns = [p * spatial + s for p in keep for s in range(spatial)]
+        arrays.set(consumer.weight, weight[:, columns])
+        return
+    groups = consumer.num_group
+    per_in = len(consumer.channels) // groups
+    per_out = weight.shape[0] // groups
+    sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)
+    bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+    for p in gone:
+        if constants[p] != 0:
+            j, r = divmod(p, per_in)
+            bias[j * per_out:(j + 1) * per_out] += constants[p] * sums[j * per_out:(j + 1) * per_out, r]
+    locals_ = _per_group(keep, per_in, groups)
+    arrays.set(consumer.weight, np.concatenate(
+        [weight[j * per_out:(j + 1) * per_out][:, locals_[j]] for j in range(groups)], axis=0))
+
+
+def _new_cut(keep_before: list[int], begin: int, end: int) -> tuple[int, int]:
+    """A [begin, end) cut of the old positions, in the kept positions' numbering."""
+    new_begin = sum(1 for p in keep_before if p < begin)
+    return new_begin, new_begin + sum(1 for p in keep_before if begin <= p < end)
+
+
+def _through_changes(graph: Graph, group: ChannelGroup, arrays: _Arrays, attrs: list,
+                     through, drop: set[int]) -> None:
+    node = graph.node(through.node)
+    if not through.outputs:
+        return
+    output = through.outputs[0]
+    keep_out = _kept_positions(_channels(group, output), drop)
+    for param, axis in through.params:
+        arrays.set(param, np.take(arrays.get(param), keep_out, axis=axis))
+    if node.op == "Convolution":   # depthwise
+        keep_in = _kept_positions(_channels(group, through.inputs[0]), drop)
+        attrs.append((node.name, "num_filter", len(keep_out)))
+        attrs.append((node.name, "num_group", len(keep_in)))
+    elif node.op == "Reshape":
+        codes = tuple(_attr(graph, node.name, "shape"))
+        if len(codes) > 1 and codes[1] > 0 and output in group.tensors:
+            attrs.append((node.name, "shape", codes[:1] + (len(keep_out),) + codes[2:]))
+    elif node.op in ("slice_axis", "slice"):
+        source = through.inputs[0]
+        channels = _channels(group, source)
+        keep_in = _kept_positions(channels, drop)
+        if node.op == "slice_axis":
+            if int(_attr(graph, node.name, "axis")) % len(graph.tensor_type(source).shape) != 1:
+                return
+            begin, end = _attr(graph, node.name, "begin"), _attr(graph, node.name, "end")
+        else:
+            begins, ends = tuple(_attr(graph, node.name, "begin")), tuple(_attr(graph, node.name, "end"))
+            if len(begins) < 2:
+                return
+            begin, end = begins[1], ends[1] if len(ends) > 1 else None
+        start, stop, _ = slice(begin, end).indices(len(channels))
+        new_begin, new_end = _new_cut(keep_in, start, stop)
+        if node.op == "slice_axis":
+            attrs.append((node.name, "begin", new_begin))
+            attrs.append((node.name, "end", new_end))
+        else:
+            ends = tuple(_attr(graph, node.name, "end"))
+            attrs.append((node.name, "begin", begins[:1] + (new_begin,) + begins[2:]))
+            attrs.append((node.name, "end", (ends[:1] if ends else (None,)) + (new_end,) + ends[2:]))
+
+
+def plan_drop(graph: Graph, group: ChannelGroup) -> DropPlan:
+    """Which channels of ``group`` go, and every new parameter value and attribute that deletes
+    them (see the module docstring)."""
+    plan = DropPlan(group)
+    values = channel_constants(graph, group)
+    drop = _choose(graph, group, values, plan)
+    plan.dropped = sorted(drop)
+    if not drop:
+        return plan
+    arrays, attrs = _Arrays(graph), []
+    for producer in group.producers:
+        if not producer.depthwise:
+            keep = _kept_positions(producer.channels, drop)
+            if len(keep) < len(producer.channels):
+                _drop_outputs(graph, arrays, attrs, producer, keep)
+    for through in group.throughs:
+        _through_changes(graph, group, arrays, attrs, through, drop)
+    for consumer in group.consumers:
+        if any(c in drop for c in consumer.channels):
+            _drop_inputs(graph, arrays, consumer, drop, values.get(consumer.tensor))
+    plan.changes = arrays.changes(attrs, {c.node: 2 for c in group.consumers})
+    return plan
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+@dataclass
+class DropReport:
+    """What :func:`drop_channels` did: channels and parameters before and after, the zeroed
+    channels that stayed and why (per group), and the rewrite engine's report (``rewrite``)."""
+    channels_before: int
+    channels_after: int
+    params_before: int
+    params_after: int
+    groups: list[dict]
+    rewrite: Report
+    seconds: float = 0.0
+
+    @property
+    def dropped(self) -> int:
+        return self.channels_before - self.channels_after
+
+    def to_dict(self) -> dict:
+        return {"channels_before": self.channels_before, "channels_after": self.channels_after,
+                "dropped": self.dropped, "params_before": self.params_before,
+                "params_after": self.params_after, "groups": self.groups,
+                "seconds": round(self.seconds, 3)}
+
+    def format(self) -> str:
+        lines = [f"dropped {self.dropped} of {self.channels_before} channels; parameters "
+                 f"{self.params_before:,} -> {self.params_after:,}"]
+        for entry in self.groups:
+            if entry["kept"]:
+                reasons = "; ".join(f"{count} kept: {why}" for why, count in entry["kept"].items())
+                lines.append(f"  group of {', '.join(entry['producers'][:3])}"
+                             f"{' ...' if len(entry['producers']) > 3 else ''}: "
+                             f"{entry['channels']} channels, {reasons}")
+        return "\n".join(lines)
+
+
+def _group_channels(graph: Graph) -> tuple[int, list[ChannelGroup]]:
+    groups = channel_groups(graph)
+    return sum(g.size for g in groups if any(not p.depthwise for p in g.producers)), groups
+
+
+def drop_channels(graph: Graph, check: str | None = None) -> tuple[Graph, DropReport]:
+    """Delete the channels pruning zeroed, through every coupled tensor, exactly (constants a
+    zeroed channel still emits are folded into the next layer's bias). Returns the smaller
+    graph and a :class:`DropReport`; ``graph`` itself is not changed. ``check="numeric"`` also
+    runs MXNet before and after (the rewrite engine's check)."""
+    from graphopt.rewrite.engine import rewrite
+    started = time.perf_counter()
+    before, _ = _group_channels(graph)
+    smaller, report = rewrite(graph, rules=[RULE], phases=["drop_channels"], check=check)
+    after, groups = _group_channels(smaller)
+    entries = []
+    for group in groups:
+        plan = plan_drop(smaller, group)
+        kept: dict[str, int] = {}
+        for channel in plan.zeroed:
+            why = group.pinned.get(channel) or plan.kept.get(channel) or "kept"
+            kept[why] = kept.get(why, 0) + 1
+        entries.append({"producers": [p.node for p in group.producers], "channels": group.size,
+                        "zeroed_kept": len(plan.zeroed), "kept": kept})
+    return smaller, DropReport(before, after, sum(int(v.size) for v in graph.params.values()),
+                               sum(int(v.size) for v in smaller.params.values()), entries, report,
+                               time.perf_counter() - started)
