@@ -59,9 +59,10 @@ QUANTIZED_PREFIX = "quantized_"
 class LayerPrecision:
     """How one op node of the float graph runs in the MXNet int8 model.
 
-    ``precision`` is ``"int8"`` or ``"float"``; ``mxnet_node`` names the node of the int8 symbol
-    that computes it (a fused ``_sg_mkldnn_conv`` covers a conv, its BatchNorm and ReLU);
-    ``reason`` says why a float node stayed float."""
+    ``precision`` is ``"int8"``, ``"float"``, or ``"removed"`` (MXNet's passes dropped the node:
+    a Dropout, an identity at inference); ``mxnet_node`` names the node of the int8 symbol that
+    computes it (a fused ``_sg_mkldnn_conv`` covers a conv, its BatchNorm and ReLU); ``reason``
+    says why a float node stayed float."""
     node: str
     op: str
     precision: str
@@ -90,6 +91,10 @@ class Int8Report:
     def float(self) -> list[LayerPrecision]:
         return [layer for layer in self.layers if layer.precision == "float"]
 
+    @property
+    def removed(self) -> list[LayerPrecision]:
+        return [layer for layer in self.layers if layer.precision == "removed"]
+
     def precision_of(self, node: str) -> str:
         for layer in self.layers:
             if layer.node == node:
@@ -100,13 +105,15 @@ class Int8Report:
         return {"quantized_dtype": self.quantized_dtype, "granularity": self.granularity,
                 "int8": [layer.__dict__ for layer in self.int8],
                 "float": [layer.__dict__ for layer in self.float],
+                "removed": [layer.__dict__ for layer in self.removed],
                 "thresholds": self.thresholds, "mxnet_ops": self.mxnet_ops}
 
     def format(self) -> str:
         lines = [f"MXNet int8 ({self.quantized_dtype}, weights {self.granularity}): "
-                 f"{len(self.int8)} node(s) int8, {len(self.float)} float"]
-        for layer in self.float:
-            lines.append(f"  float  {layer.node} ({layer.op}): {layer.reason}")
+                 f"{len(self.int8)} node(s) int8, {len(self.float)} float"
+                 + (f", {len(self.removed)} removed" if self.removed else "")]
+        for layer in self.float + self.removed:
+            lines.append(f"  {layer.precision:7s} {layer.node} ({layer.op}): {layer.reason}")
         return "\n".join(lines)
 
 
@@ -324,9 +331,9 @@ def _decisions(graph: Graph, qnodes: list[dict], excluded: Mapping[str, str]) ->
         if node.is_variable:
             continue
         entry = covering.get(name)
-        if entry is None:
-            layers.append(LayerPrecision(name, node.op, "float", None, None,
-                                         "not in MXNet's int8 symbol (removed by its fusion)"))
+        if entry is None:  # Dropout (identity at inference), a Flatten folded into a dense...
+            layers.append(LayerPrecision(name, node.op, "removed", None, None,
+                                         "MXNet's fusion or quantization pass removed it"))
             continue
         if _is_int8(entry):
             layers.append(LayerPrecision(name, node.op, "int8", entry["name"], entry["op"]))
