@@ -118,3 +118,35 @@ def test_one_way_of_pruning_at_a_time(capsys):
               "--filters", "0.5"])
     assert exit_.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_filters_dropped_then_compared_with_inspect(tmp_path, heldout, capsys):
+    """The issue's pipeline: 50% filters, drop, write MXNet and ONNX, compare the costs."""
+    out = tmp_path / "resnet_small"
+    assert main(["prune", resnet_prefix(), "--input", SHAPE, "--filters", "0.5",
+                 "--round-to", "8", "--drop-channels", "-o", str(out), "--report",
+                 str(tmp_path / "report.json")]) == 0
+    text = capsys.readouterr().out
+    assert "dropped 112 of 234 channels" in text  # half of 16+16+32+32+64+64 (the dropper's count)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["dropped"]["dropped"] == 112
+    assert report["ratios"]["macs"] < 0.26  # measured 2.36 M of 9.35 M MACs
+
+    assert main(["inspect", resnet_prefix(), "--input", SHAPE, "--compare", str(out),
+                 "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)
+    assert comparison["totals"]["macs"]["after"] == report["after"]["macs"]
+    stem = next(l for l in comparison["layers"] if l["name"] == "resnet_conv0_fwd")
+    assert stem["params"] == [16 * 9, 8 * 9]  # 16 -> 8 filters of 1x3x3, no bias
+
+    onnx_path = tmp_path / "resnet_small.onnx"
+    assert main(["prune", resnet_prefix(), "--input", SHAPE, "--filters", "0.5",
+                 "--round-to", "8", "--drop-channels", "-o", str(onnx_path), "--to", "onnx",
+                 "--json"]) == 0
+    images, _ = heldout
+    (reference,) = run_mxnet(graphopt.load(f"{out}-symbol.json", f"{out}-0000.params"),
+                             {"data": images}).values()
+    (actual,) = run_onnx(str(onnx_path), {"data": images}).values()
+    np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    gluon = imported_block(out)(mx.nd.array(images)).asnumpy()
+    np.testing.assert_allclose(gluon, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
