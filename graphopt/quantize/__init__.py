@@ -15,14 +15,14 @@ from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE
 from graphopt.quantize.calibrate import Calibration, CalibrationWarning, calibrate
 from graphopt.quantize.data import ImagePreprocessing
 from graphopt.quantize.fusion import FusionGroup, FusionReport, fusion_report
-from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize
+from graphopt.quantize.qdq import ObservedRanges, QuantizeReport, quantize, quantize_dynamic
 from graphopt.quantize.mxnet_int8 import Int8Report, to_mxnet_int8
 from graphopt.quantize.sensitivity import (FallbackResult, LayerSensitivity, fallback_until,
                                            sensitivity)
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
 
 __all__ = ["calibrate", "Calibration", "CalibrationWarning", "ImagePreprocessing",
-           "quantize", "QuantizeReport", "fusion_report", "FusionReport", "FusionGroup", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
+           "quantize", "quantize_dynamic", "QuantizeReport", "fusion_report", "FusionReport", "FusionGroup", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
            "QUANTIZE", "DEQUANTIZE", "DYNAMIC_QUANTIZE",
            "to_mxnet_int8", "Int8Report", "sensitivity", "LayerSensitivity", "fallback_until",
            "FallbackResult"]

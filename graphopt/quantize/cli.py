@@ -23,9 +23,12 @@ def add_commands(commands) -> None:
     p = commands.add_parser("quantize", help="post-training int8 quantization (ONNX QDQ or "
                                              "MXNet int8)")
     _model_arguments(p)
-    p.add_argument("--calib", required=True, metavar="DATA",
+    p.add_argument("--calib", metavar="DATA",
                    help="calibration data: .npz (arrays by input name, or one array), an image "
                         "folder, or a calibration table .json (graphopt calibrate)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="no calibration: int8 FullyConnected weights, inputs quantized at run "
+                        "time (transformers; ONNX only)")
     p.add_argument("--method", choices=METHODS, default="entropy",
                    help="how ranges are chosen from the calibration statistics")
     p.add_argument("--num-samples", type=int, help="calibrate on at most this many samples")
@@ -60,15 +63,21 @@ def load_calibration(graph, source: str, method: str, num_samples: int | None):
 def cmd_quantize(args) -> int:
     import graphopt
     from graphopt._files import atomic_write_bytes
+    from graphopt.errors import GraphoptError
     if args.to == "onnx" and args.opset < 13:
-        from graphopt.errors import GraphoptError
         raise GraphoptError(f"--opset {args.opset}: per-channel QuantizeLinear/DequantizeLinear "
                             f"need opset 13 or newer")
+    if not args.dynamic and not args.calib:
+        raise GraphoptError("--calib DATA is needed (or --dynamic, which calibrates nothing)")
+    if args.dynamic and args.to != "onnx":
+        raise GraphoptError("--dynamic writes ONNX only (MXNet's int8 ops are calibrated)")
     graph = _load(args)
     if not args.no_fold:
         graph, _ = graphopt.rewrite(graph)
-    calibration = load_calibration(graph, args.calib, args.method, args.num_samples)
-    summary: dict = {"model": str(args.model), "method": args.method, "to": args.to,
+    calibration = None if args.dynamic else load_calibration(graph, args.calib, args.method,
+                                                             args.num_samples)
+    summary: dict = {"model": str(args.model), "method": "dynamic" if args.dynamic else args.method,
+                     "to": args.to,
                      "output": args.output}
     if args.to == "onnx":
         model, summary["quantize"], summary["fusion"] = quantize_to_onnx(graph, calibration, args)
@@ -95,10 +104,13 @@ def quantize_to_onnx(graph, calibration, args):
     """The QDQ model (not written yet), the quantization report and the fusion report."""
     import graphopt
     from graphopt.quantize.fusion import fusion_report
-    from graphopt.quantize.qdq import quantize
-    qgraph, report = quantize(graph, calibration, activations=args.activations,
-                              per_channel=args.per_channel, exclude=args.exclude,
-                              exclude_first_last=args.exclude_first_last)
+    from graphopt.quantize.qdq import quantize, quantize_dynamic
+    if calibration is None:
+        qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude)
+    else:
+        qgraph, report = quantize(graph, calibration, activations=args.activations,
+                                  per_channel=args.per_channel, exclude=args.exclude,
+                                  exclude_first_last=args.exclude_first_last)
     model = graphopt.to_onnx(qgraph, opset=args.opset, dynamic_batch=not args.static_batch)
     fusion = fusion_report(model)
     return model, report.to_dict(), fusion.to_dict()

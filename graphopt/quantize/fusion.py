@@ -204,6 +204,9 @@ def predict(model: onnx.ModelProto) -> list[FusionGroup]:
     m = _Model(model)
     groups = []
     for node in m.nodes:
+        if node.op_type == "MatMulInteger":
+            groups.append(_dynamic_group(m, node))
+            continue
         if node.op_type in QDQ_OPS or node.op_type in ("Identity", "Constant", "Shape"):
             continue
         if not any(m.dequantized(v) for v in node.input if v):
@@ -215,6 +218,24 @@ def predict(model: onnx.ModelProto) -> list[FusionGroup]:
             else node.output[0]
         groups.append(FusionGroup(node.name, node.op_type, output, predicted, reason))
     return groups
+
+
+def _dynamic_group(m: _Model, node: onnx.NodeProto) -> FusionGroup:
+    """MatMulInteger -> Cast -> Mul (-> Add): onnxruntime's MatMulIntegerToFloat, and with a
+    DynamicQuantizeLinear feeding it, DynamicQuantizeMatMul (both int8 GEMMs)."""
+    chain, value = [], node.output[0]
+    for op in ("Cast", "Mul", "Add"):
+        readers = m.readers.get(value, [])
+        if len(readers) != 1 or readers[0].op_type != op:
+            break
+        chain.append(op)
+        value = readers[0].output[0]
+    if chain[:2] != ["Cast", "Mul"]:
+        return FusionGroup(node.name, node.op_type, node.output[0], "MatMulInteger", "",)
+    source = m.producer.get(node.input[0])
+    dynamic = source is not None and source.op_type == "DynamicQuantizeLinear"
+    return FusionGroup(node.name, node.op_type, value,
+                       "DynamicQuantizeMatMul" if dynamic else "MatMulIntegerToFloat")
 
 
 def _predict_node(m: _Model, node: onnx.NodeProto) -> tuple[str, str]:

@@ -34,7 +34,10 @@ In the IR::
 says which axis of the data it runs along); ``zero_point`` a parameter of the same shape in the
 quantized dtype (uint8, int8, or int32 for a bias). A dynamic quantize
 (``graphopt_dynamic_quantize_linear``, ONNX ``DynamicQuantizeLinear``) has three outputs:
-the uint8 data, its scale and zero point.
+the uint8 data, its scale and zero point. ``graphopt_matmul_integer`` (ONNX ``MatMulInteger``:
+``(a - a_zero_point) @ (b - b_zero_point)`` in int32, ``a`` of any rank, ``b`` 2-D) completes
+dynamic quantization: onnxruntime fuses DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul
+into its int8 ``DynamicQuantizeMatMul``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ import numpy as np
 QUANTIZE = "graphopt_quantize_linear"
 DEQUANTIZE = "graphopt_dequantize_linear"
 DYNAMIC_QUANTIZE = "graphopt_dynamic_quantize_linear"
-OP_TYPES = (QUANTIZE, DEQUANTIZE, DYNAMIC_QUANTIZE)
+MATMUL_INTEGER = "graphopt_matmul_integer"
+OP_TYPES = (QUANTIZE, DEQUANTIZE, DYNAMIC_QUANTIZE, MATMUL_INTEGER)
 
 
 def _broadcast(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
@@ -161,8 +165,8 @@ class DynamicQuantizeLinearProp(_Prop):
     def list_arguments(self):
         return ["data"]
 
-    def list_outputs(self):
-        return ["output", "scale", "zero_point"]
+    def list_outputs(self):  # MXNet then names them NODE_output0..2, as its own multi-output ops
+        return ["output0", "output1", "output2"]
 
     def infer_shape(self, in_shape):
         return in_shape, [in_shape[0], [1], [1]], []
@@ -172,6 +176,44 @@ class DynamicQuantizeLinearProp(_Prop):
 
     def create_operator(self, ctx, shapes, dtypes):
         return _DynamicQuantizeLinear(None)
+
+
+def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: np.ndarray,
+                   b_zero_point: np.ndarray) -> np.ndarray:
+    """ONNX MatMulInteger with a per-tensor ``a_zero_point`` and a per-tensor or per-column
+    ``b_zero_point``."""
+    left = a.astype(np.int64) - np.asarray(a_zero_point, np.int64).reshape(())
+    right = b.astype(np.int64) - np.asarray(b_zero_point, np.int64).reshape(1, -1)
+    return np.matmul(left, right).astype(np.int32)
+
+
+class _MatMulInteger(mx.operator.CustomOp):
+    def forward(self, is_train, req, in_data, out_data, aux):
+        product = matmul_integer(*(a.asnumpy() for a in in_data))
+        self.assign(out_data[0], req[0], mx.nd.array(product, dtype=np.int32))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError("graphopt's quantize ops are for inference")
+
+
+@mx.operator.register(MATMUL_INTEGER)
+class MatMulIntegerProp(mx.operator.CustomOpProp):
+    """a (..., K) uint8|int8, b (K, N) int8, a_zero_point (1,), b_zero_point (1,)|(N,) -> int32 (..., N)."""
+
+    def __init__(self):
+        super().__init__(need_top_grad=False)
+
+    def list_arguments(self):
+        return ["a", "b", "a_zero_point", "b_zero_point"]
+
+    def infer_shape(self, in_shape):
+        return in_shape, [list(in_shape[0][:-1]) + [in_shape[1][1]]], []
+
+    def infer_type(self, in_type):
+        return in_type, [np.int32], []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _MatMulInteger()
 
 
 def custom_op_type(node) -> str | None:

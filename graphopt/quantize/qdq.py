@@ -75,6 +75,31 @@ def quantize(graph: Graph, calibration: Any, *, activations: str = "uint8",
     return new_graph, report
 
 
+def quantize_dynamic(graph: Graph, *, per_channel: bool = True, exclude: Iterable[str] = ()
+                     ) -> tuple[Graph, QuantizeReport]:
+    """A copy of ``graph`` whose FullyConnected layers (``flatten=False`` on any rank, or 2-D
+    inputs: a transformer's projections and feed-forward layers) multiply int8 weights with their
+    input quantized at run time (``rules/quantize_dynamic.toml``): no calibration. onnxruntime runs
+    each as its int8 ``DynamicQuantizeMatMul``. ``exclude``: node names or op types kept in float.
+    The report's ``activations`` is ``"dynamic uint8"``."""
+    excluded = resolve_exclusions(graph, exclude, False)
+    settings = QuantizeOptions(None, "uint8", per_channel, frozenset(excluded), mode="dynamic")
+    new_graph, rewrite_report = rewrite(graph, phases=[QUANTIZE_RULES_PHASE],
+                                        context={"quantize": settings})
+    report = QuantizeReport("dynamic uint8", per_channel, excluded=sorted(excluded),
+                            rewrite=rewrite_report)
+    remaining = {node.name for node in new_graph.op_nodes()}
+    reasons = {a.anchor: a.detail.split(": ", 1)[-1] for a in rewrite_report.attempts
+               if a.op == "FullyConnected" and a.outcome in ("guard", "declined", "rejected")}
+    for node in graph.op_nodes():
+        if node.op == "FullyConnected":
+            if node.name in remaining:
+                report.float_layers[node.name] = reasons.get(node.name, "not quantized")
+            else:
+                report.quantized.append(node.name)
+    return new_graph, report
+
+
 def resolve_exclusions(graph: Graph, exclude: Iterable[str], first_last: bool) -> set[str]:
     """Node names kept in float: those named, those of the op types named, and with
     ``first_last`` the first and last weighted layers. A name that is neither a node nor an op
@@ -196,4 +221,4 @@ def _vector_settings(graph: Graph, inputs: dict[str, np.ndarray], setting: Any) 
     setting = {"activations": setting} if isinstance(setting, str) else dict(setting)
     return QuantizeOptions(ObservedRanges.observe(graph, inputs),
                            setting.get("activations", "uint8"), setting.get("per_channel", True),
-                           frozenset(setting.get("exclude", ())))
+                           frozenset(setting.get("exclude", ())), setting.get("mode", "static"))

@@ -51,6 +51,7 @@ class QuantizeOptions:
     activations: str = "uint8"            # "uint8" (asymmetric) or "int8" (symmetric)
     per_channel: bool = True
     excluded: frozenset[str] = field(default_factory=frozenset)   # node names kept in float
+    mode: str = "static"                  # "static" (calibrated) or "dynamic" (weights only)
 
 
 def options() -> QuantizeOptions:
@@ -104,6 +105,8 @@ def quantize_layer(layer: Ref) -> str | None:
         settings = options()
     except NoRewrite as reason:
         return str(reason)
+    if settings.mode != "static":
+        return "dynamic quantization quantizes FullyConnected weights only"
     if layer.name in settings.excluded:
         return f"{layer.name} is excluded from quantization"
     problem = _unsupported_form(layer)
@@ -256,3 +259,32 @@ def flattens_its_input(layer: Ref, data: Ref) -> str | None:
     if data.shape is None or len(data.shape) <= 2:
         return "its input is already 2-D"
     return None
+
+
+# --- dynamic quantization ------------------------------------------------------------------------
+
+@register_guard
+def quantize_dynamically(layer: Ref, data: Ref) -> str | None:
+    """Dynamic quantization is asked for, the FullyConnected is not excluded and multiplies the
+    last axis of a float32 input (``flatten=False``, or a 2-D input)."""
+    try:
+        settings = options()
+    except NoRewrite as reason:
+        return str(reason)
+    if settings.mode != "dynamic":
+        return "static quantization (dynamic quantization is quantize_dynamic's)"
+    if layer.name in settings.excluded:
+        return f"{layer.name} is excluded from quantization"
+    if data.dtype != "float32":
+        return f"its input is {data.dtype}, not float32"
+    if layer.attr("flatten") and (data.shape is None or len(data.shape) != 2):
+        return "it flattens a tensor of rank > 2 (MatMulInteger multiplies the last axis)"
+    return None
+
+
+@register_function(returns=("quantized", "scale", "zero_point"))
+def transposed_int8_weight(weight: Ref):
+    """The FullyConnected weight (out, in) as MatMulInteger's B: int8 (in, out), symmetric, one
+    scale per output column (per tensor if the settings say so), zero points 0."""
+    q, scale, zero_point = qparams.quantize_weight(weight.value, 0 if options().per_channel else None)
+    return np.ascontiguousarray(q.T), scale, zero_point

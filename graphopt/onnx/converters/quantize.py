@@ -1,5 +1,5 @@
 """graphopt's quantize ops (``Custom`` with op_type ``graphopt_*``, see graphopt.quantize.ops)
--> ONNX QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear, one to one.
+-> ONNX QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear / MatMulInteger, one to one.
 
 A per-tensor scale and zero point (shape (1,) in the IR, where MXNet has no 0-d arrays) are
 written as ONNX scalars, which is what per-tensor means to QuantizeLinear; per-channel ones stay
@@ -13,7 +13,8 @@ import numpy as np
 
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import ConvertContext, Unsupported, converter
-from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, QUANTIZE, node_axis
+from graphopt.ir.graph import Tensor
+from graphopt.quantize.ops import DEQUANTIZE, DYNAMIC_QUANTIZE, MATMUL_INTEGER, QUANTIZE, node_axis
 
 
 def _scale_and_zero_point(ctx: ConvertContext, node: Node, axis: int | None) -> list[str]:
@@ -44,10 +45,22 @@ def custom(ctx: ConvertContext, node: Node) -> None:
     elif op_type == DEQUANTIZE:
         _linear(ctx, node, "DequantizeLinear")
     elif op_type == DYNAMIC_QUANTIZE:
+        # ONNX's scale and zero point are scalars where the IR's are (1,): readers are given
+        # the scalars (what onnxruntime's DynamicQuantizeMatMul fusion looks for); the (1,)
+        # values are written too, under the IR's names
         outputs = [ctx.output(node, i) for i in range(3)]
-        quantized, scale, zero_point = ctx.emit("DynamicQuantizeLinear", [ctx.input(node, 0)], 3)
-        ctx.emit1("Identity", [quantized], outputs[0])
-        ctx.emit1("Reshape", [scale, ctx.int64s([1])], outputs[1])
-        ctx.emit1("Reshape", [zero_point, ctx.int64s([1])], outputs[2])
+        scalars = [ctx.fresh("scale"), ctx.fresh("zero_point")]
+        ctx.emit("DynamicQuantizeLinear", [ctx.input(node, 0)], [outputs[0], *scalars])
+        for index, scalar in enumerate(scalars, start=1):
+            ctx.emit1("Reshape", [scalar, ctx.int64s([1])], outputs[index])
+            ctx.alias(Tensor(node.name, index), scalar)
+    elif op_type == MATMUL_INTEGER:
+        zero_points = [ctx.input(node, 2), ctx.input(node, 3)]
+        for i, slot in enumerate((2, 3)):
+            value = ctx.param(node, slot)
+            if value is not None and value.size == 1:
+                zero_points[i] = ctx.constant(value.reshape(()), hint="zero_point")
+        ctx.emit("MatMulInteger", [ctx.input(node, 0), ctx.input(node, 1), *zero_points],
+                 [ctx.output(node)])
     else:
         raise Unsupported(f"Custom op {op_type!r} is a Python op with no ONNX form")
