@@ -54,6 +54,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from graphopt.ir.graph import Graph, Node, Tensor
 from graphopt.schema import attr_or_default, mxnet_schema
 
@@ -197,6 +199,16 @@ class _UnionFind:
 
 # --- the analysis ----------------------------------------------------------------------------------
 
+def _roots(parent: list[int]) -> np.ndarray:
+    """The root of every element of a union-find forest (pointer jumping)."""
+    roots = np.asarray(parent, dtype=np.int64)
+    while True:
+        jumped = roots[roots]
+        if np.array_equal(jumped, roots):
+            return roots
+        roots = jumped
+
+
 def channel_groups(graph: Graph) -> list[ChannelGroup]:
     """The channel groups of ``graph`` (see the module docstring), in the order of their first
     producer. The result is cached in ``graph.derived`` until the graph's next edit."""
@@ -227,7 +239,8 @@ class _Analysis:
         self.graph = graph
         self.schema = mxnet_schema()
         self.atoms = _UnionFind()        # channel identity
-        self.component = _UnionFind()    # group membership (same numbering)
+        self.component = _UnionFind()    # group membership, over blocks of atoms
+        self.block_of: list[int] = []    # atom -> its block (the producer call that made it)
         self.maps: dict[Tensor, list[int]] = {}
         self.flat: dict[Tensor, tuple[list[int], int]] = {}
         self.pins: dict[int, str] = {}
@@ -244,20 +257,25 @@ class _Analysis:
     # atoms ------------------------------------------------------------------------------------
 
     def fresh(self, count: int) -> list[int]:
-        atoms = [self.atoms.new() for _ in range(count)]
-        for atom in atoms:
-            self.component.new()
-        for atom in atoms[1:]:
-            self.component.union(atoms[0], atom)
-        return atoms
+        """``count`` new atoms, one block (the component union-find works on blocks: a
+        producer's channels always share a group, and uniting blocks is cheaper than atoms)."""
+        block = self.component.new()
+        start = len(self.block_of)
+        self.block_of.extend([block] * count)
+        self.atoms.parent.extend(range(start, start + count))
+        return list(range(start, start + count))
 
     def pin(self, atoms, reason: str) -> None:
         for atom in atoms:
             self.pins.setdefault(atom, reason)
 
     def join(self, atoms: list[int]) -> None:
-        for atom in atoms[1:]:
-            self.component.union(atoms[0], atom)
+        """The atoms of one tensor belong to one group."""
+        block_of = self.block_of
+        blocks = {block_of[a] for a in atoms}
+        first = blocks.pop() if blocks else None
+        for block in blocks:
+            self.component.union(first, block)
 
     def channel_map(self, tensor: Tensor) -> list[int] | None:
         return self.maps.get(tensor)
@@ -297,9 +315,11 @@ class _Analysis:
 
     def run(self) -> list[ChannelGroup]:
         graph = self.graph
+        self.order: dict[str, int] = {}
         for node in graph.nodes():
             if node.is_variable:
                 continue
+            self.order[node.name] = len(self.order)
             self.visit(node)
         for tensor in graph.outputs:
             if tensor in self.maps:
@@ -519,9 +539,13 @@ class _Analysis:
             return None
         first = mapped[0]
         for other in mapped[1:]:
+            if other is first:
+                continue
+            union = self.atoms.union
             for a, b in zip(first, other):
-                self.atoms.union(a, b)
-                self.component.union(a, b)
+                if a != b:
+                    union(a, b)
+            self.join(first + other)
         self.through(node, [t for t in inputs if t in self.maps], first, params)
         return None
 
@@ -651,30 +675,26 @@ class _Analysis:
     # grouping ----------------------------------------------------------------------------------
 
     def groups(self) -> list[ChannelGroup]:
-        find, component = self.atoms.find, self.component.find
-        members: dict[int, ChannelGroup] = {}
-        numbering: dict[int, dict[int, int]] = {}
-
-        def group_for(atoms) -> tuple[ChannelGroup, dict[int, int]]:
-            root = component(atoms[0])
-            if root not in members:
-                members[root] = ChannelGroup(len(members), 0, {})
-                numbering[root] = {}
-            return members[root], numbering[root]
+        """Number each group's channels (its distinct atom identities, in the order of the
+        atoms that made them) and hand every member its positions' group channels."""
+        identity = _roots(self.atoms.parent)
+        block_root = _roots(self.component.parent)
+        component = block_root[np.asarray(self.block_of, dtype=np.int64)]
+        keys = np.unique(component * len(identity) + identity)   # (component, identity) pairs
+        group_roots, starts, sizes = np.unique(keys // max(len(identity), 1), return_index=True,
+                                               return_counts=True)
+        number = np.zeros(len(identity), dtype=np.int64)
+        number[keys % max(len(identity), 1)] = np.arange(len(keys)) - np.repeat(starts, sizes)
+        members: dict[int, ChannelGroup] = {int(r): ChannelGroup(0, int(n), {})
+                                            for r, n in zip(group_roots, sizes)}
 
         def channels(atoms) -> tuple[ChannelGroup, tuple[int, ...]]:
-            group, numbers = group_for(atoms)
-            out = []
-            for atom in atoms:
-                identity = find(atom)
-                if identity not in numbers:
-                    numbers[identity] = len(numbers)
-                out.append(numbers[identity])
-            return group, tuple(out)
+            atoms = np.asarray(atoms, dtype=np.int64)
+            group = members[int(component[atoms[0]])]
+            return group, tuple(number[identity[atoms]].tolist())
 
         for producer in self.producers:
-            atoms = self.producer_atoms[producer.node]
-            group, producer.channels = channels(atoms)
+            group, producer.channels = channels(self.producer_atoms[producer.node])
             group.producers.append(producer)
         for tensor, atoms in self.maps.items():
             if atoms:
@@ -685,33 +705,23 @@ class _Analysis:
                 group, mapped = channels(atoms)
                 group.flat_tensors[tensor] = (mapped, spatial)
         for through in self.throughs:
-            atoms = next((self.maps.get(t) or (self.flat.get(t) or ([],))[0]
+            atoms = next((self.maps.get(t) or self.flat[t][0]
                           for t in through.inputs + through.outputs
                           if self.maps.get(t) or t in self.flat), None)
             if atoms:
-                group_for(atoms)[0].throughs.append(through)
+                members[int(component[atoms[0]])].throughs.append(through)
         for consumer in self.consumers:
-            group, _ = group_for([self._atom_of(consumer)])
-            consumer.channels = tuple(numbering[component(self._atom_of(consumer))][find(a)]
-                                      for a in self._consumer_atoms(consumer))
+            group, consumer.channels = channels(self._consumer_atoms(consumer))
             group.consumers.append(consumer)
         for constraint in self.constraints:
-            group, _ = channels(list(constraint.blocks[0]))
-            numbers = numbering[component(constraint.blocks[0][0])]
-            constraint.blocks = [tuple(numbers.setdefault(find(a), len(numbers)) for a in block)
-                                 for block in constraint.blocks]
+            group = members[int(component[constraint.blocks[0][0]])]
+            constraint.blocks = [channels(block)[1] for block in constraint.blocks]
             group.constraints.append(constraint)
         for atom, reason in self.pins.items():
-            root = component(atom)
-            if root in members:
-                number = numbering[root].get(find(atom))
-                if number is not None:
-                    members[root].pinned.setdefault(number, reason)
-        result = []
-        for root, group in members.items():
-            group.size = len(numbering[root])
-            if group.producers:
-                result.append(group)
+            group = members[int(component[atom])]
+            group.pinned.setdefault(int(number[identity[atom]]), reason)
+        result = [group for group in members.values() if group.producers]
+        result.sort(key=lambda group: self.order[group.producers[0].node])
         for index, group in enumerate(result):
             group.index = index
         return result
@@ -721,6 +731,4 @@ class _Analysis:
             return self.maps[consumer.tensor]
         return self.flat[consumer.tensor][0]
 
-    def _atom_of(self, consumer: Consumer) -> int:
-        return self._consumer_atoms(consumer)[0]
 

@@ -49,6 +49,7 @@ class DropPlan:
     dropped: list[int] = field(default_factory=list)
     zeroed: list[int] = field(default_factory=list)    # constant in every producer that makes it
     kept: dict[int, str] = field(default_factory=dict)
+    carrier: int | None = None    # the constant channel kept to carry the others' constants
     changes: GraphChanges = field(default_factory=GraphChanges)
 
     def explain(self) -> str:
@@ -76,31 +77,77 @@ def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
 
 # --- choosing the channels -----------------------------------------------------------------------
 
+SPREADS = "spreads"   # a constant a linear layer spreads unevenly: it needs the carrier channel
+
+
+def _spreads_constants(graph: Graph, consumer: Consumer) -> bool:
+    """A constant input channel does not give this layer a constant output: zero padding (or a
+    transposed convolution) covers the borders unevenly. Such a layer is still linear in the
+    constant, so ``c_p * L(W_p, 1)`` of every dropped channel p adds up, exactly, to
+    ``c_r * L(W_r + sum_p (c_p / c_r) W_p, 1)`` for one constant channel r that stays: the
+    carrier. (For one conv group; grouped layers keep such channels.)"""
+    if consumer.op == "Deconvolution":
+        return True
+    return consumer.op == "Convolution" and any(_attr(graph, consumer.node, "pad") or ())
+
+
 def _fold_problem(graph: Graph, consumer: Consumer, value: float) -> str | None:
-    """Why constant ``value`` at an input channel of ``consumer`` cannot go into its bias."""
+    """Why constant ``value`` at an input channel of ``consumer`` cannot go into its bias
+    (``SPREADS`` if only through a carrier channel)."""
     if not np.isfinite(value):
         return "not constant"
-    if value == 0:
+    if value == 0 or not _spreads_constants(graph, consumer):
         return None
-    if consumer.op == "Deconvolution":
-        return (f"a non-zero constant enters Deconvolution {consumer.node!r}, whose output of "
-                f"a constant is not constant")
-    if consumer.op == "Convolution" and any(_attr(graph, consumer.node, "pad") or ()):
-        return (f"a non-zero constant enters the zero padding of Convolution {consumer.node!r}: "
-                f"not constant at the borders, so it cannot go into a bias")
-    return None
+    if consumer.num_group > 1:
+        return (f"a non-zero constant enters the zero padding of grouped {consumer.op} "
+                f"{consumer.node!r}: not constant at the borders, so it cannot go into a bias")
+    return SPREADS
+
+
+def _carrier(group: ChannelGroup, values: dict[Tensor, np.ndarray], candidates: set[int],
+             layers: set[str]) -> int | None:
+    """The candidate whose constant is non-zero at every one of ``layers`` (the largest such,
+    for the best-conditioned ratios c_p / c_r), or None."""
+    best, best_size = None, 0.0
+    for channel in sorted(candidates):
+        sizes = []
+        for consumer in group.consumers:
+            if consumer.node in layers:
+                constants = values[consumer.tensor]
+                found = [abs(constants[p]) for p, c in enumerate(consumer.channels) if c == channel]
+                sizes.append(max(found, default=0.0))
+        size = min(sizes, default=0.0)
+        if size > best_size:
+            best, best_size = channel, size
+    return best
 
 
 def _choose(graph: Graph, group: ChannelGroup, values: dict[Tensor, np.ndarray],
             plan: DropPlan) -> set[int]:
     blocked: dict[int, str] = dict(group.pinned)
+    spread: dict[int, set[str]] = {}
     for consumer in group.consumers:
         constants = values.get(consumer.tensor)
         for position, channel in enumerate(consumer.channels):
             value = np.nan if constants is None else constants[position]
             problem = _fold_problem(graph, consumer, value)
-            if problem is not None:
+            if problem == SPREADS:
+                spread.setdefault(channel, set()).add(consumer.node)
+            elif problem is not None:
                 blocked.setdefault(channel, problem)
+    candidates = {c for c in spread if c not in blocked}
+    if candidates:
+        layers = set().union(*(spread[c] for c in candidates))
+        carrier = _carrier(group, values, candidates, layers)
+        names = ", ".join(sorted(layers))
+        if carrier is None:
+            for channel in candidates:
+                blocked[channel] = (f"a non-zero constant enters the zero padding of {names} and "
+                                    f"no constant channel can carry it there")
+        else:
+            plan.carrier = carrier
+            blocked[carrier] = (f"carries the constants of the dropped channels into the zero "
+                                f"padding of {names}")
     zeroed = set(range(group.size))
     for producer in group.producers:
         constants = values.get(Tensor(producer.node, 0))
@@ -139,7 +186,8 @@ def _choose(graph: Graph, group: ChannelGroup, values: dict[Tensor, np.ndarray],
 # --- computing the new arrays --------------------------------------------------------------------
 
 class _Arrays:
-    """Working copies of the parameters a plan changes (float64 for the folds)."""
+    """The parameters a plan changes, as they stand after its earlier steps. Weights keep their
+    dtype (a VGG classifier is 100M values); biases are float64 while constants are folded in."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -147,20 +195,23 @@ class _Arrays:
         self.new_bias: dict[str, np.ndarray] = {}
 
     def get(self, name: str) -> np.ndarray:
-        if name not in self.values:
-            self.values[name] = self.graph.params[name].astype(np.float64)
-        return self.values[name]
+        return self.values[name] if name in self.values else self.graph.params[name]
 
     def set(self, name: str, value: np.ndarray) -> None:
         self.values[name] = value
 
     def bias(self, node: str, bias: str | None, size: int) -> np.ndarray:
-        if bias is not None:
-            return self.get(bias)
-        return self.new_bias.setdefault(node, np.zeros(size))
+        """The node's bias, writable, in float64 (a new zero bias if it has none)."""
+        if bias is None:
+            return self.new_bias.setdefault(node, np.zeros(size))
+        value = self.get(bias)
+        if value.dtype != np.float64 or not value.flags.writeable:
+            value = value.astype(np.float64)
+            self.set(bias, value)
+        return value
 
     def changes(self, attrs: list, new_bias_slot: dict[str, int]) -> GraphChanges:
-        params = {name: value.astype(self.graph.params[name].dtype)
+        params = {name: value.astype(self.graph.params[name].dtype, copy=False)
                   for name, value in self.values.items()}
         new_inputs = []
         for node, value in self.new_bias.items():
@@ -199,28 +250,48 @@ def _drop_outputs(graph: Graph, arrays: _Arrays, attrs: list, producer, keep: li
     attrs.append((producer.node, key, len(keep)))
 
 
+def _carry(weight: np.ndarray, axis: int, consumer: Consumer, gone: list[int],
+           constants: np.ndarray, carrier: int | None) -> list[int]:
+    """Add (c_p / c_r) * W_p to the carrier's weight slice r for each dropped position p with a
+    non-zero constant (see :func:`_spreads_constants`); returns the positions left to fold."""
+    moving = [p for p in gone if constants[p] != 0]
+    if not moving:
+        return gone
+    target = next(q for q, c in enumerate(consumer.channels) if c == carrier and constants[q] != 0)
+    view = np.moveaxis(weight, axis, 0)   # a view: writes go to weight
+    carried = view[target].astype(np.float64)
+    for p in moving:
+        carried += constants[p] / constants[target] * view[p]
+    view[target] = carried
+    return [p for p in gone if constants[p] == 0]
+
+
 def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[int],
-                 constants: np.ndarray | None) -> None:
+                 constants: np.ndarray | None, carrier: int | None) -> None:
     weight = arrays.get(consumer.weight)
     positions = range(len(consumer.channels))
     keep = [p for p in positions if consumer.channels[p] not in drop]
     gone = [p for p in positions if consumer.channels[p] in drop]
+    if _spreads_constants(graph, consumer):
+        weight = weight.copy()   # the carrier's slice is written
+        gone = _carry(weight, 0 if consumer.op == "Deconvolution" else 1, consumer, gone,
+                      constants, carrier)
     if consumer.op == "Deconvolution":   # (C_in, C_out/g, ...): input channels are axis 0
-        arrays.set(consumer.weight, weight[keep])   # only zero constants are dropped here
+        arrays.set(consumer.weight, weight[keep])
         return
     if consumer.op == "FullyConnected":
         spatial = consumer.spatial
         bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
         for p in gone:
             if constants[p] != 0:
-                bias += constants[p] * weight[:, p * spatial:(p + 1) * spatial].sum(axis=1)
+                bias += constants[p] * weight[:, p * spatial:(p + 1) * spatial].sum(axis=1, dtype=np.float64)
         columns = [p * spatial + s for p in keep for s in range(spatial)]
         arrays.set(consumer.weight, weight[:, columns])
         return
     groups = consumer.num_group
     per_in = len(consumer.channels) // groups
     per_out = weight.shape[0] // groups
-    sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)
+    sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2, dtype=np.float64)
     bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
     for p in gone:
         if constants[p] != 0:
@@ -297,7 +368,7 @@ def plan_drop(graph: Graph, group: ChannelGroup) -> DropPlan:
         _through_changes(graph, group, arrays, attrs, through, drop)
     for consumer in group.consumers:
         if any(c in drop for c in consumer.channels):
-            _drop_inputs(graph, arrays, consumer, drop, values.get(consumer.tensor))
+            _drop_inputs(graph, arrays, consumer, drop, values.get(consumer.tensor), plan.carrier)
     plan.changes = arrays.changes(attrs, {c.node: 2 for c in group.consumers})
     return plan
 
