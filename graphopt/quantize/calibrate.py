@@ -33,7 +33,7 @@ import numpy as np
 
 from graphopt._files import atomic_write_bytes
 from graphopt._progress import progress
-from graphopt.errors import CalibrationError, DataError
+from graphopt.errors import CalibrationError, DataError, ShapeError
 from graphopt.ir.graph import Graph, Tensor, default_output_names
 from graphopt.quantize import ranges
 from graphopt.quantize.data import ImagePreprocessing, input_batches, sample_count
@@ -222,8 +222,12 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
     names = _tensor_names(graph, model, tensors)
     mxnet_names = _mxnet_names(graph)
     graphopt_names = {mxnet: name for name, mxnet in mxnet_names.items()}
+    chosen_batch_size = batch_size
     if batch_size is None:
-        batch_size = _default_batch_size(graph, names)
+        def batch_size(sample_shapes):
+            nonlocal chosen_batch_size
+            chosen_batch_size = _default_batch_size(model, mxnet_names, names, sample_shapes)
+            return chosen_batch_size
     inputs = [name for name in names if name in graph.input_names]
     outputs = [name for name in names if name not in graph.input_names]
     statistics = {name: TensorHistogram(bins_per_side=num_bins // 2) for name in names}
@@ -231,14 +235,15 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
     if known is not None and num_samples is not None:
         known = min(known, num_samples)
     batches = input_batches(graph, data, batch_size, num_samples, preprocessing)
-    total = None if known is None else -(-known // batch_size)
     samples = 0
-    for index, batch in enumerate(progress(batches, desc="calibrate", total=total, unit="batch")):
-        values = model.run(batch, [mxnet_names.get(n, n) for n in outputs]) if outputs else {}
+    bar = progress(batches, desc="calibrate", total=known, unit="sample")
+    for index, batch in enumerate(bar):
+        values = _run(model, batch, [mxnet_names.get(n, n) for n in outputs]) if outputs else {}
         values = {graphopt_names.get(n, n): v for n, v in values.items()}
         values.update({name: batch[name] for name in inputs})
         first_sample = samples
         samples += len(next(iter(batch.values())))
+        bar.update(samples - first_sample - 1)   # counted in samples (tqdm counts 1 per batch)
         for name in names:
             array = values[name]
             histogram = statistics[name]
@@ -261,7 +266,23 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
         warnings.warn(f"{len(constant)} tensor(s) were constant over the calibration data "
                       f"(scale 0 if quantized from their range; zero ones get range "
                       f"{CONSTANT_RANGE}): {constant[:10]}", CalibrationWarning, stacklevel=2)
-    return Calibration(method, statistics, {"percentile": percentile}, samples, batch_size)
+    return Calibration(method, statistics, {"percentile": percentile}, samples, chosen_batch_size)
+
+
+def _run(model, batch: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """MXNet's values of ``outputs`` on ``batch``. Inputs that do not fit the model (whose
+    input shapes were not declared, so could not be checked before) are a DataError."""
+    try:
+        return model.run(batch, outputs)
+    except ShapeError as error:
+        shapes = {name: tuple(array.shape) for name, array in batch.items()}
+        if len(shapes) == 1:
+            (name, shape), = shapes.items()
+            given, node = f"input {name!r} of shape {shape} does not", name
+        else:
+            given, node = f"inputs of shapes {shapes} do not", None
+        raise DataError(f"calibration data: {given} fit the model: {error.message}",
+                        node=node) from None
 
 
 def _mxnet_names(graph: Graph) -> dict[str, str]:
@@ -307,18 +328,22 @@ def _float_tensors(graph: Graph) -> dict[str, tuple]:
     return found
 
 
-def _default_batch_size(graph: Graph, names: list[str]) -> int:
-    """As many samples as keep the activations of a batch near :data:`BATCH_BYTES` (counted twice:
-    MXNet's arrays and their numpy copies)."""
-    shapes = _float_tensors(graph)
-    per_sample = 0
-    for name in names:
-        shape = shapes.get(name)
-        if shape:
-            per_sample += 4 * int(np.prod(shape[1:], dtype=np.int64))
-    if per_sample == 0:
-        return MAX_DEFAULT_BATCH
-    return int(max(1, min(MAX_DEFAULT_BATCH, BATCH_BYTES // (2 * per_sample))))
+def _default_batch_size(model, mxnet_names: dict[str, str], names: list[str],
+                        sample_shapes: dict[str, tuple]) -> int:
+    """As many samples as keep the activations of a batch near :data:`BATCH_BYTES` (counted
+    twice: MXNet's arrays and their numpy copies); the sizes come from MXNet's shape inference
+    at batch 1 with the data's sample shapes (the graph may not know its input shapes)."""
+    internals = model.symbol.get_internals()
+    try:
+        _, shapes, _ = internals.infer_shape_partial(
+            **{name: (1, *shape) for name, shape in sample_shapes.items()})
+    except Exception:   # MXNet's own error types; the first run says what is wrong
+        return 1
+    wanted = {mxnet_names.get(name, name) for name in names}
+    per_sample = sum(4 * int(np.prod(shape, dtype=np.int64))
+                     for name, shape in zip(internals.list_outputs(), shapes)
+                     if name in wanted and shape)
+    return int(max(1, min(MAX_DEFAULT_BATCH, BATCH_BYTES // max(1, 2 * per_sample))))
 
 
 def _node_of(graph: Graph, name: str) -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -85,11 +85,14 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def input_batches(graph: Graph, data: Any, batch_size: int,
+def input_batches(graph: Graph, data: Any, batch_size: int | Callable[[dict], int],
                   num_samples: int | None = None,
                   preprocessing: ImagePreprocessing | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``batch_size`` samples from ``data`` (see the module docstring), checked."""
-    if batch_size < 1:
+    """Batches of ``batch_size`` samples from ``data`` (see the module docstring), checked.
+
+    ``batch_size`` may be a function of the first chunk's ``{input: sample shape}``, called once
+    before the first batch (a default that depends on the size of the samples)."""
+    if isinstance(batch_size, int) and batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     chunks = _chunks(graph, data, preprocessing)
     return _rebatched(graph, chunks, batch_size, num_samples)
@@ -207,13 +210,16 @@ def _checked(graph: Graph, chunk: dict[str, np.ndarray], where: str) -> dict[str
     return chunk
 
 
-def _rebatched(graph: Graph, chunks: Iterator[dict[str, np.ndarray]], batch_size: int,
+def _rebatched(graph: Graph, chunks: Iterator[dict[str, np.ndarray]],
+               batch_size: int | Callable[[dict], int],
                num_samples: int | None) -> Iterator[dict[str, np.ndarray]]:
     pending: list[dict[str, np.ndarray]] = []
     pending_count = 0
     emitted = 0
     for index, chunk in enumerate(chunks):
         chunk = _checked(graph, chunk, f"calibration data (chunk {index})")
+        if not isinstance(batch_size, int):
+            batch_size = batch_size({name: array.shape[1:] for name, array in chunk.items()})
         pending.append(chunk)
         pending_count += len(next(iter(chunk.values())))
         while pending_count >= batch_size:

@@ -44,7 +44,7 @@ KL_EMPTY_COUNT = 0.5          # a quantized level with no count but outliers fol
 MAX_CANDIDATES = 1024         # thresholds tried before refining around the best
 ENTROPY_BINS = 2048           # KL on at most this many bins over [0, max|x|] (TensorRT's 2048)
 MSE_BINS = 2048               # the error is computed on at most this many bins (merged as needed)
-MSE_GRID = 64                 # lower x upper bounds tried in the asymmetric signed search
+MSE_GRID = 16                 # bounds per side tried per round of the coarse-to-fine MSE search
 
 
 def choose_range(histogram: TensorHistogram, method: str, symmetric: bool,
@@ -258,37 +258,52 @@ def _merged(counts: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
 
 def _mse_magnitude_edge(counts: np.ndarray, steps: float) -> int:
     """The threshold (a bin edge) of a magnitude histogram with the least expected squared
-    error, values at bin centres."""
+    error, values at bin centres. The error is smooth in the threshold, so a coarse-to-fine
+    search finds the minimum of the grid."""
     merged, factor = _merged(counts, MSE_BINS)
     centres = np.arange(len(merged)) + 0.5   # in units of the merged bin width
-    candidates = np.arange(1, len(merged) + 1, dtype=np.float64)
 
     def error(thresholds):
-        step = thresholds[:, None] / steps
-        inside = centres[None, :] < thresholds[:, None]
+        thresholds = thresholds[:, 0:1]
+        step = thresholds / steps
+        inside = centres[None, :] < thresholds
         rounding = (centres[None, :] - step * np.round(centres[None, :] / step)) ** 2
-        clipping = (centres[None, :] - thresholds[:, None]) ** 2
+        clipping = (centres[None, :] - thresholds) ** 2
         return (np.where(inside, rounding, clipping) * merged[None, :]).sum(axis=1)
-    return int(_refined_argmin(candidates, error)) * factor
+    (best,) = _coarse_to_fine([(1, len(merged))], error)
+    return best * factor
 
 
 def _mse_window(counts: np.ndarray, zero_index: int) -> tuple[int, int]:
-    """The window (bins) of an asymmetric signed tensor with the least expected squared error:
-    a grid of lower x upper bounds, the step ``(hi - lo) / 255`` on a grid through zero."""
+    """The window (bins) of an asymmetric signed tensor with the least expected squared error
+    over lower x upper bounds, the step ``(hi - lo) / 255`` on a grid through zero."""
     merged, zero, factor = _merged_around_zero(counts, zero_index, MSE_BINS)
     centres = np.arange(len(merged)) - zero + 0.5
-    lows = -np.unique(np.linspace(0, zero, MSE_GRID).round())
-    highs = np.unique(np.linspace(0, len(merged) - zero, MSE_GRID).round())
-    lo, hi = np.meshgrid(lows, highs, indexing="ij")
-    keep = hi > lo
-    pairs = np.stack([lo[keep], hi[keep]], axis=1)
 
-    def error(chosen):
-        low, high = chosen[:, 0:1], chosen[:, 1:2]
-        step = (high - low) / STEPS
+    def error(bounds):
+        low, high = -bounds[:, 0:1], bounds[:, 1:2]
+        step = np.maximum(high - low, 1e-9) / STEPS
         clipped = np.clip(centres[None, :], low, high)
         rounding = (clipped - step * np.round(clipped / step)) ** 2
         clipping = (centres[None, :] - clipped) ** 2
         return ((rounding + clipping) * merged[None, :]).sum(axis=1)
-    best_low, best_high = pairs[int(np.argmin(_blocked(error, pairs, block=64)))]
-    return zero_index + int(best_low) * factor, zero_index + int(best_high) * factor
+    below, above = _coarse_to_fine([(0, zero), (0, len(merged) - zero)], error)
+    return zero_index - below * factor, zero_index + above * factor
+
+
+def _coarse_to_fine(bounds: list[tuple[int, int]], objective) -> tuple[int, ...]:
+    """The integer point of the box ``bounds`` (inclusive, one pair per axis) minimising
+    ``objective`` (vectorised over rows of points): a grid of :data:`MSE_GRID` per axis, then
+    grids around the best point, finer each round, down to single bins."""
+    low = np.array([b[0] for b in bounds], dtype=np.int64)
+    high = np.array([b[1] for b in bounds], dtype=np.int64)
+    while True:
+        axes = [np.unique(np.linspace(lo, hi, MSE_GRID).round().astype(np.int64))
+                for lo, hi in zip(low, high)]
+        points = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+        best = points[int(np.argmin(_blocked(objective, points.astype(np.float64), block=64)))]
+        spacing = np.array([(a[1] - a[0]) if len(a) > 1 else 0 for a in axes])
+        if spacing.max() <= 1:
+            return tuple(int(b) for b in best)
+        low = np.maximum(low, best - spacing)
+        high = np.minimum(high, best + spacing)
