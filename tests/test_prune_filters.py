@@ -277,3 +277,31 @@ def test_lenet_half_its_filters_dropped(lenet, heldout):
     # measured 0.8997 (323/359) before fine-tuning, against 0.9944 unpruned: the masked
     # model's accuracy, which dropping does not change
     assert accuracy(smaller, heldout) == pytest.approx(0.8997, abs=0.003)
+
+
+def test_a_coupling_the_analysis_cannot_follow_leaves_the_layer_alone_and_says_why(tmp_path):
+    # c1's channels go through a transpose (channels moved last): no channel can be dropped
+    # there, so filter pruning must not zero any of c1's filters, and the report says why
+    sym = mx.sym
+    x = sym.relu(sym.Convolution(sym.var("data"), num_filter=8, kernel=(3, 3), name="c0"))
+    x = sym.Convolution(x, num_filter=8, kernel=(3, 3), name="c1")
+    x = sym.FullyConnected(sym.transpose(x, axes=(0, 2, 3, 1), name="nhwc"), num_hidden=4,
+                           name="fc")
+    rng = np.random.RandomState(0)
+    symbol_path, params_path = save_symbol(
+        x, tmp_path / "nhwc", {"data": (1, 2, 9, 9)},
+        lambda _kind, _name, shape: rng.normal(0, 0.5, shape).astype(np.float32))
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": (1, 2, 9, 9)})
+    pruned, report = graphopt.prune(graph, method="filters", ratio=0.5, measure_storage=False)
+    assert [layer.name for layer in report.layers] == ["c0"]
+    assert pruned.params["c1_weight"] is graph.params["c1_weight"]
+    reasons = {tuple(s["layers"]): s["reason"] for s in report.skipped}
+    assert "transpose 'nhwc'" in reasons[("c1",)], reasons
+    if DROP_AVAILABLE:  # and dropping keeps the model's function
+        smaller, report = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
+                                         measure_storage=False)
+        data = {"data": rng.uniform(-1, 1, (3, 2, 9, 9)).astype(np.float32)}
+        (reference,) = run_mxnet(pruned, data).values()
+        (actual,) = run_mxnet(smaller, data).values()
+        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-6)
+        assert smaller.params["c0_weight"].shape[0] == 4
