@@ -132,6 +132,17 @@ def test_exclusions_and_first_last_stay_float_with_their_reason(digits, tmp_path
         build.accuracy(result["reference"], y_test) - MAX_ACCURACY_DROP
 
 
+def test_an_op_type_excludes_every_node_of_it(lenet, digits):
+    """As for the ONNX QDQ model (``quantize(exclude=...)``): an op type names all its nodes."""
+    qgraph, report = to_mxnet_int8(lenet["graph"], lenet["calibration"], exclude=["Pooling"])
+    assert {layer.node for layer in report.float} == {"lenet_pool0_fwd", "lenet_pool1_fwd"}
+    assert report.precision_of("lenet_conv1_fwd") == "int8"
+    assert report.mxnet_ops["Pooling"] == 2
+    _, _, x_test, y_test = digits
+    quantized = run_mxnet(qgraph, {"data": x_test})[qgraph.output_names[0]]
+    assert build.accuracy(quantized, y_test) >= build.accuracy(lenet["reference"], y_test) - MAX_ACCURACY_DROP
+
+
 def test_ops_without_an_int8_kernel_are_listed_as_float(tmp_path):
     """tanh, LRN, sigmoid and softmax have no int8 kernel in MXNet 1.9.1: they run in float
     between a dequantize and a quantize, and the report says so; the leaky ReLU fuses into the
@@ -168,7 +179,7 @@ def test_ops_without_an_int8_kernel_are_listed_as_float(tmp_path):
 
 def test_bad_requests_are_refused_clearly(lenet):
     graph = lenet["graph"]
-    with pytest.raises(GraphError, match="no op node"):
+    with pytest.raises(GraphError, match="names no node and no op"):
         to_mxnet_int8(graph, lenet["calibration"], exclude=["lenet_conv9_fwd"])
     # the second conv's output (after its ReLU) is a tensor MXNet needs a threshold for
     calibration = lenet["calibration"]

@@ -47,8 +47,6 @@ from graphopt.ir.graph import Graph, Tensor
 QUANTIZED_DTYPES = ("auto", "int8", "uint8")
 GRANULARITIES = ("tensor-wise", "channel-wise")
 BACKEND = "MKLDNN_QUANTIZE"
-# The ops whose nodes count as a model's "first and last layers" (exclude_first_last).
-WEIGHTED_OPS = ("Convolution", "Deconvolution", "FullyConnected")
 # MXNet's plumbing between int8 and float: neither a model layer nor a float fallback.
 PLUMBING_OPS = ("_contrib_quantize_v2", "_contrib_quantize", "_contrib_requantize",
                 "_contrib_dequantize")
@@ -130,9 +128,9 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
     of observed ranges, by graphopt
     tensor name (``graph.tensor_name``: ``"data"``, ``"conv0_output"``). Every tensor MXNet
     quantizes needs a range: a missing one is a :class:`DataError` listing them all.
-    ``exclude``: names of op nodes to keep in float (a conv excluded keeps its fused BatchNorm
-    and ReLU in float too); ``exclude_first_last`` also keeps the first and the last
-    Convolution/FullyConnected in float. ``quantized_dtype``: MXNet's ``out_type`` for quantized
+    ``exclude``: names of op nodes, or op types, to keep in float (a conv excluded keeps its
+    fused BatchNorm and ReLU in float too); ``exclude_first_last`` also keeps in float the
+    weighted layers reading the graph inputs and those writing its outputs (as :func:`quantize`). ``quantized_dtype``: MXNet's ``out_type`` for quantized
     tensors (``"auto"``: uint8 where the range starts at 0, else int8). ``granularity``: the
     weights' scales, ``"channel-wise"`` or ``"tensor-wise"``. ``quantize_mode``: MXNet's
     ``"full"`` (every op with an int8 kernel) or ``"smart"``.
@@ -174,18 +172,16 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
 
 # --- what to keep in float ---------------------------------------------------------------------
 
-def _excluded_nodes(graph: Graph, exclude: Iterable[str], first_last: bool) -> dict[str, str]:
-    """{node name: reason} of the nodes the caller keeps in float."""
-    excluded = {}
-    for name in exclude:
-        if name not in graph or graph.node(name).is_variable:
-            raise GraphError(f"cannot exclude {name!r} from quantization: the graph has no op node "
-                             f"of that name", node=name)
-        excluded[name] = "excluded by the caller"
+def _excluded_nodes(graph: Graph, exclude: Iterable[str] | None, first_last: bool) -> dict[str, str]:
+    """{node name: reason} of the nodes the caller keeps in float: ``exclude`` names nodes or op
+    types, as for :func:`graphopt.quantize.quantize` (the same resolution, so both emitters
+    keep the same layers in float)."""
+    from graphopt.quantize.qdq import first_and_last_layers, resolve_exclusions
+
+    excluded = {name: "excluded by the caller"
+                for name in sorted(resolve_exclusions(graph, exclude or (), False))}
     if first_last:
-        weighted = [name for name in graph.topological_order()
-                    if graph.node(name).op in WEIGHTED_OPS]
-        for name in weighted[:1] + weighted[-1:]:
+        for name in sorted(first_and_last_layers(graph)):
             excluded.setdefault(name, "first or last layer (exclude_first_last)")
     return excluded
 
