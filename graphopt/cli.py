@@ -135,7 +135,8 @@ def cmd_compare(args) -> int:
     symbol, params = resolve_model(args.symbol, args.params)
     report = compare(symbol, params, args.onnx, inputs=_shapes(args), dtypes=_dtypes(args),
                      data=args.data, per_layer=args.per_layer, rtol=args.rtol, atol=args.atol,
-                     seed=args.seed)
+                     seed=args.seed, detection=args.detection, iou=args.iou,
+                     score_tolerance=args.score_tolerance)
     _print_json(report.to_dict()) if args.json else print(report.format())
     return 0 if report.ok else 1
 
@@ -212,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--detection", action="store_true", default=None,
+                   help="compare the outputs as detections (ids, scores, boxes matched by class, "
+                        "score and IoU); automatic for a model that sorts by score")
+    p.add_argument("--no-detection", dest="detection", action="store_false",
+                   help="compare detection outputs element-wise only")
+    p.add_argument("--iou", type=float, default=0.9, help="detections: least IoU of a match")
+    p.add_argument("--score-tolerance", type=float, default=1e-4,
+                   help="detections: largest score difference of a match, and of a tie")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_compare)
 

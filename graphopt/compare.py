@@ -46,6 +46,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
+from graphopt.detection import (DEFAULT_IOU, DEFAULT_SCORE_TOLERANCE, DetectionReport,
+                                judge_detections)
 from graphopt.errors import ShapeError
 from graphopt.ir.graph import Graph, Node, Tensor, default_output_names, unique_output_names
 from graphopt.mxnet_io.symbol_json import format_attrs
@@ -145,10 +147,16 @@ class CompareReport:
     unmatched_mxnet: list[dict[str, str]] = field(default_factory=list)
     unmatched_onnx: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    detection: DetectionReport | None = None
+    """Detection outputs matched as detections (see graphopt.detection); these outputs are then
+    judged by the matching, not element-wise."""
 
     @property
     def ok(self) -> bool:
-        return bool(self.outputs) and not self.missing_outputs and all(o.passed for o in self.outputs)
+        by_detection = set(self.detection.layout.names) if self.detection else set()
+        return (bool(self.outputs) and not self.missing_outputs
+                and all(o.passed for o in self.outputs if o.name not in by_detection)
+                and (self.detection is None or self.detection.ok))
 
     @property
     def failed_outputs(self) -> list[TensorComparison]:
@@ -163,6 +171,8 @@ class CompareReport:
             "missing_outputs": self.missing_outputs, "output_note": self.output_note,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
+        if self.detection is not None:
+            out["detection"] = self.detection.to_dict()
         if self.per_layer:
             out["per_layer"] = {
                 "first_divergent": self.first_divergent.to_dict() if self.first_divergent else None,
@@ -181,21 +191,31 @@ class CompareReport:
         lines.append("")
         lines.append(f"  {'output':<36} {'shape':<18} {'max abs err':>11} {'rel err':>9} "
                      f"{'top-1':>7}  result")
+        by_detection = set(self.detection.layout.names) if self.detection else set()
         for o in self.outputs:
             top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f}%"
+            result = "ok" if o.passed else "FAIL"
+            if o.name in by_detection:
+                result = f"({'same' if o.passed else 'differs'}: judged as detections below)"
             lines.append(f"  {o.name:<36} {_shape_text(o):<18} {o.max_abs_error:>11.3g} "
-                         f"{o.relative_error:>9.3g} {top1:>7}  {'ok' if o.passed else 'FAIL'}"
+                         f"{o.relative_error:>9.3g} {top1:>7}  {result}"
                          + (f"  ({o.note})" if o.note else ""))
         for name in self.missing_outputs:
             lines.append(f"  {name:<36} missing from the ONNX model's outputs  FAIL")
         if self.output_note:
             lines.append(f"  note: {self.output_note}")
+        if self.detection is not None:
+            lines.append("")
+            lines.extend(self.detection.format())
         if self.per_layer:
             lines.append("")
             lines.extend(self._format_layers())
         lines.append("")
         if self.ok:
-            lines.append(f"result: OK, {len(self.outputs)} output(s) within tolerance")
+            lines.append(f"result: OK, {len(self.outputs)} output(s) within tolerance"
+                         + (", detections matched" if self.detection else ""))
+        elif self.detection is not None and not self.detection.ok:
+            lines.append("result: FAIL, the detections differ")
         else:
             failed = len(self.failed_outputs) + len(self.missing_outputs)
             lines.append(f"result: FAIL, {failed} of {len(self.outputs) + len(self.missing_outputs)} "
@@ -439,15 +459,27 @@ def _make_inputs(graph: Graph, inputs: InputSpec | None, data, model: onnx.Model
 
 # --- the models -------------------------------------------------------------------------------
 
-def _load_graph(symbol_json, params) -> tuple[Graph, MXNetModel, str]:
+def _load_graph(symbol_json, params, inputs: InputSpec | None = None, data=None
+                ) -> tuple[Graph, MXNetModel, str]:
     """The IR (for names, ops, attributes, dtypes and shapes) and the MXNet model to run.
-    From files, MXNet runs the symbol file itself, so the reference never depends on the IR."""
+    From files, MXNet runs the symbol file itself, so the reference never depends on the IR.
+    Some graphs cannot be loaded without input shapes (MXNet's partial shape inference fails
+    on a ``topk`` over a reshape of unknown rank, as in GluonCV's CenterNet): they are loaded
+    again with the shapes ``inputs`` and ``data`` give."""
     if isinstance(symbol_json, Graph):
         if params is not None:
             raise ValueError("a Graph holds its parameters: pass params=None with it")
         return symbol_json, MXNetModel.from_graph(symbol_json), symbol_json.name
     from graphopt.mxnet_io.load import load
-    graph = load(symbol_json, params)
+    try:
+        graph = load(symbol_json, params)
+    except ShapeError:
+        shapes = {name: np.shape(value) for name, value in _read_data(data).items()}
+        shapes.update({name: np.shape(value) if isinstance(value, np.ndarray) else tuple(value)
+                       for name, value in (inputs or {}).items()})
+        if not shapes:
+            raise
+        graph = load(symbol_json, params, inputs=shapes)
     return graph, MXNetModel.from_files(symbol_json, params, graph), str(symbol_json)
 
 
@@ -469,7 +501,9 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
             data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
             per_layer: bool = False, rtol: float = 1e-5, atol: float = 0.0, seed: int = 0,
             threads: int | None = None, dtypes: Mapping[str, str] | None = None,
-            memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CompareReport:
+            memory_budget: int = DEFAULT_MEMORY_BUDGET, detection: bool | None = None,
+            iou: float = DEFAULT_IOU,
+            score_tolerance: float = DEFAULT_SCORE_TOLERANCE) -> CompareReport:
     """Run the MXNet model and the ONNX model on the same inputs and compare their outputs.
 
     ``symbol_json``/``params``: the MXNet model's files, or a loaded :class:`Graph` (``params``
@@ -479,10 +513,13 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
     graph's input order, with the dtype ``dtypes`` gives, else the graph's. Tolerance: see the module docstring.
     ``per_layer`` also compares every intermediate tensor matched by name and reports the
     first divergent layer. ``threads`` sets onnxruntime's intra-op threads.
+    ``detection``: compare detection outputs as detections (:mod:`graphopt.detection`, with
+    ``iou`` and ``score_tolerance``): ``None`` does when the model sorts by score (box_nms,
+    topk...) and its outputs have a detection layout, ``True`` insists, ``False`` never does.
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    graph, mxnet_model, mxnet_label = _load_graph(symbol_json, params)
+    graph, mxnet_model, mxnet_label = _load_graph(symbol_json, params, inputs, data)
     model = load_onnx(onnx_model)
     onnx_label = (f"ONNX graph {model.graph.name!r}" if isinstance(onnx_model, onnx.ModelProto)
                   else str(onnx_model))
@@ -507,10 +544,14 @@ def compare(symbol_json: str | os.PathLike | Graph, params: str | os.PathLike | 
     for comparison, (name, onnx_name) in zip(outputs, pairs):
         if onnx_name != name:
             comparison.note = "; ".join(filter(None, [comparison.note, f"ONNX output {onnx_name!r}"]))
+    detections = judge_detections(graph, reference, {name: actual[onnx_name]
+                                                     for name, onnx_name in pairs},
+                                  detection, iou, score_tolerance)
     del reference, actual
     report = CompareReport(mxnet_model=mxnet_label, onnx_model=onnx_label, inputs=described,
                            rtol=rtol, atol=atol, seed=seed, outputs=outputs,
-                           missing_outputs=missing, output_note=note, seconds=seconds)
+                           missing_outputs=missing, output_note=note, seconds=seconds,
+                           detection=detections)
     if per_layer:
         started = time.perf_counter()
         _compare_layers(report, graph, mxnet_model, model, arrays, threads, memory_budget)
@@ -537,13 +578,13 @@ def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel
     # node (the two differ for a node a rewrite made compute a removed node's value: a conv
     # with a BatchNorm folded in is ``bn_output`` in the ONNX, ``conv_output`` in MXNet).
     producers, in_mxnet_as = {}, {}
+    in_mxnet = set(mxnet_model.internal_names)
     for node in graph.nodes():
         if not node.is_variable:
-            mxnet_names = default_output_names(node.name, node.op, node.num_outputs)
+            mxnet_names = _mxnet_output_names(node, in_mxnet)
             for index, name in enumerate(node.output_names or mxnet_names):
                 producers[name] = Tensor(node.name, index)
                 in_mxnet_as[name] = mxnet_names[index]
-    in_mxnet = set(mxnet_model.internal_names)
     order = [name for name in producers if in_mxnet_as[name] in in_mxnet]
     covered = {in_mxnet_as[name] for name in order}
     order += [name for name in mxnet_model.internal_names if name not in covered]
@@ -581,6 +622,18 @@ def _compare_layers(report: CompareReport, graph: Graph, mxnet_model: MXNetModel
         for attribute, layer in (("first_divergent", failing[0]), ("largest_growth", steepest)):
             setattr(report, attribute, _divergence(layer, graph, by_name,
                                                    onnx_producers.get(layer.name)))
+
+
+def _mxnet_output_names(node: Node, in_mxnet: set[str]) -> list[str]:
+    """MXNet's names of the node's outputs. MXNet numbers them (``_output0``) when the op has
+    more than one output counting its hidden ones (``box_nms`` has two, one visible) or names
+    them itself (``SliceChannel`` always numbers): the numbered form is taken when only it
+    exists."""
+    names = default_output_names(node.name, node.op, node.num_outputs)
+    numbered = [f"{node.name}_output{index}" for index in range(node.num_outputs)]
+    if not any(name in in_mxnet for name in names) and any(name in in_mxnet for name in numbered):
+        return numbered
+    return names
 
 
 def _onnx_outputs(model: onnx.ModelProto) -> set[str]:

@@ -249,23 +249,13 @@ def box_nms(ctx: ConvertContext, node: Node) -> None:
     candidates = ctx.emit1("Where", [valid, scores, lowest])
     if topk > 0 and (boxes_per_batch is None or topk < boxes_per_batch):
         candidates = _only_best(ctx, candidates, topk, count, lowest)
-    if per_class:
-        class_scores = _scores_per_class(ctx, candidates, ids, valid, lowest)
+    overlap = float(ctx.attr(node, "overlap_thresh"))
+    if overlap >= 1:  # no IoU exceeds 1: nothing is suppressed (GluonCV's FPN sorts this way)
+        keep = ctx.emit1("Greater", [candidates, lowest])
     else:
-        class_scores = unsqueeze(ctx, candidates, [1])  # (B, 1, N)
-    if dtype != "float32":  # NonMaxSuppression takes float32 only
-        boxes, class_scores = cast(ctx, boxes, "float32"), cast(ctx, class_scores, "float32")
-    # non-candidates score -inf: the score threshold only has to exclude them (valid_thresh,
-    # compared above in the data's type, would be compared again in float32)
-    selected = ctx.emit1("NonMaxSuppression", [
-        boxes, class_scores, count, typed(ctx, [ctx.attr(node, "overlap_thresh")], "float32"),
-        typed(ctx, [np.finfo(np.float32).min], "float32")],
-        center_point_box=int(in_format == "center"))
-    # keep[b, n]: selected by NMS; rows then sorted by kept score, others filled with -1
-    batch_and_box = ctx.emit1("Gather", [selected, ctx.int64s([0, 2])], axis=1)
-    nothing = filled(ctx, ctx.emit1("Shape", [scores]), 0, "bool")
-    trues = filled(ctx, runtime_dims(ctx, selected, [0]), 1, "bool")
-    keep = ctx.emit1("ScatterND", [nothing, batch_and_box, trues])
+        keep = _selected_by_nms(ctx, boxes, scores, candidates, ids, valid, lowest, count,
+                                per_class, overlap, in_format, dtype)
+    # rows sorted by kept score, others filled with -1
     order = ctx.emit("TopK", [ctx.emit1("Where", [keep, scores, lowest]), count], 2,
                      axis=1, largest=1, sorted=1)[1]
     rows = ctx.emit1("GatherND", [data, unsqueeze(ctx, order, [2])], batch_dims=1)
@@ -275,6 +265,33 @@ def box_nms(ctx: ConvertContext, node: Node) -> None:
     kept = unsqueeze(ctx, ctx.emit1("GatherElements", [keep, order], axis=1), [2])
     result = ctx.emit1("Where", [kept, rows, typed(ctx, -1, dtype)])
     reshape_output(ctx, node, result, ctx.output(node), source_slot=None)
+
+
+def _selected_by_nms(ctx: ConvertContext, boxes: str, scores: str, candidates: str, ids: str | None,
+                     valid: str, lowest: str, count: str, per_class: bool, overlap: float,
+                     in_format: str, dtype: str) -> str:
+    """(B, N) bool: the candidates greedy NMS keeps. MXNet suppresses a box whose IoU with a
+    kept one exceeds ``overlap``; below 0 that is every other box (IoU >= 0), so only the best
+    of each class stays: NonMaxSuppression keeping one box per class, whose own threshold must
+    lie in [0, 1]."""
+    if per_class:
+        class_scores = _scores_per_class(ctx, candidates, ids, valid, lowest)
+    else:
+        class_scores = unsqueeze(ctx, candidates, [1])  # (B, 1, N)
+    if dtype != "float32":  # NonMaxSuppression takes float32 only
+        boxes, class_scores = cast(ctx, boxes, "float32"), cast(ctx, class_scores, "float32")
+    if overlap < 0:
+        count, overlap = ctx.int64s([1]), 0.0
+    # non-candidates score -inf: the score threshold only has to exclude them (valid_thresh,
+    # compared above in the data's type, would be compared again in float32)
+    selected = ctx.emit1("NonMaxSuppression", [
+        boxes, class_scores, count, typed(ctx, [overlap], "float32"),
+        typed(ctx, [np.finfo(np.float32).min], "float32")],
+        center_point_box=int(in_format == "center"))
+    batch_and_box = ctx.emit1("Gather", [selected, ctx.int64s([0, 2])], axis=1)
+    nothing = filled(ctx, ctx.emit1("Shape", [scores]), 0, "bool")
+    trues = filled(ctx, runtime_dims(ctx, selected, [0]), 1, "bool")
+    return ctx.emit1("ScatterND", [nothing, batch_and_box, trues])
 
 
 def _boxes_by_batch(ctx: ConvertContext, node: Node) -> tuple[str, str, int | None]:
