@@ -210,7 +210,7 @@ def test_the_input_graph_is_never_modified(resnet):
     ({}, "filter pruning needs ratio=R"),
     ({"ratio": 0.5, "criterion": "l0"}, "criterion must be one of ('l1', 'l2', 'bn_gamma')"),
     ({"ratio": 0.5, "round_to": 0}, "round_to must be a whole number >= 1"),
-    ({"ratio": 0.5, "threshold": 0.1}, "threshold do(es) not apply to method='filters'"),
+    ({"ratio": 0.5, "threshold": 0.1}, "threshold does not apply to method='filters'"),
     ({"ratio": 0.5, "layers": "op:Deconvolution"},
      "layer pattern 'op:Deconvolution' matches no prunable layer; prunable layers: "
      "resnet_conv0_fwd (Convolution)"),

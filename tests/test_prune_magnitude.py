@@ -202,7 +202,7 @@ def test_layer_selection(lenet, layers, expected):
     ({"sparsity": 0.5, "layers": "!lenet_conv9*"}, "layer pattern '!lenet_conv9*' matches no"),
     ({"sparsity": 0.5, "layers": "re:conv("}, "not a valid regular expression"),
     ({"sparsity": 0.5, "layers": "op:Convolution,!lenet_conv*"}, "leaves no layer to prune"),
-    ({"sparsity": 0.5, "ratio": 0.5}, "ratio do(es) not apply to method='magnitude'"),
+    ({"sparsity": 0.5, "ratio": 0.5}, "ratio does not apply to method='magnitude'"),
 ])
 def test_bad_requests_say_what_was_asked_and_what_exists(lenet, arguments, message):
     with pytest.raises(PruneError) as error:

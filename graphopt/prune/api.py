@@ -78,4 +78,5 @@ def apply_drop(original: Graph, pruned: Graph, report: PruneReport,
 def _refuse_unused(method: str, **given: Any) -> None:
     unused = [name for name, value in given.items() if value is not None]
     if unused:
-        raise PruneError(f"{', '.join(unused)} do(es) not apply to method={method!r}")
+        verb = "does" if len(unused) == 1 else "do"
+        raise PruneError(f"{', '.join(unused)} {verb} not apply to method={method!r}")

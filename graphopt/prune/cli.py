@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import sys
 
+from graphopt.errors import PruneError
+
 
 def add_commands(commands) -> None:
     from graphopt.cli import _model_arguments
@@ -55,7 +57,6 @@ def cmd_prune(args) -> int:
     from graphopt.cli import _load, _print_json
     from graphopt.prune.api import prune
     if args.round_to is not None and args.filters is None:
-        from graphopt.errors import PruneError
         raise PruneError("--round-to applies to filter pruning (--filters RATIO)")
     graph = _load(args)
     if args.filters is not None:
@@ -64,7 +65,6 @@ def cmd_prune(args) -> int:
                                drop=args.drop_channels)
     else:
         if args.criterion != "l1":
-            from graphopt.errors import PruneError
             raise PruneError("--criterion applies to filter pruning (--filters RATIO)")
         pruned, report = prune(graph, "magnitude", threshold=args.threshold,
                                sparsity=args.sparsity, scope=args.scope, layers=args.layers,

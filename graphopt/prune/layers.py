@@ -33,9 +33,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
 from graphopt.errors import PruneError
 from graphopt.ir.graph import Graph
-from graphopt.schema import mxnet_schema
+from graphopt.schema import attr_or_default, mxnet_schema
 
 WEIGHTED_OPS = ("Convolution", "Deconvolution", "FullyConnected")
 """Ops whose input slot 1 is a weight that magnitude and filter pruning act on."""
@@ -151,7 +153,6 @@ def num_groups(graph: Graph, layer: PrunableLayer) -> int:
     """The layer's ``num_group`` (1 for FullyConnected)."""
     if layer.op == "FullyConnected":
         return 1
-    from graphopt.schema import attr_or_default
     return int(attr_or_default(layer.op, graph.node(layer.name).attrs, "num_group"))
 
 
@@ -160,7 +161,6 @@ def output_filters(weight, op: str, groups: int = 1):
     multiplies. Convolution/FullyConnected weights have output channels on axis 0;
     Deconvolution's (C_in, C_out/g, kh, kw) has them on axis 1 within each group of C_in/g
     input channels, so channel ``gi * C_out/g + j`` is ``W[gi*C_in/g:(gi+1)*C_in/g, j]``."""
-    import numpy as np
     weight = np.asarray(weight)
     if op != "Deconvolution":
         return weight.reshape(weight.shape[0], -1)
@@ -172,7 +172,6 @@ def output_filters(weight, op: str, groups: int = 1):
 def zero_output_channels(weight, op: str, channels, groups: int = 1):
     """A copy of ``weight`` with the filters of output ``channels`` zeroed (layout as in
     :func:`output_filters`)."""
-    import numpy as np
     weight = np.array(weight)
     channels = np.asarray(list(channels), dtype=np.int64)
     if channels.size == 0:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.analysis.inspect import human_bytes, human_count, inspect_graph
+from graphopt.analysis.inspect import _table, human_bytes, human_count, inspect_graph
 from graphopt.ir.graph import Graph
 from graphopt.prune.layers import PrunableLayer, num_groups, output_filters
 from graphopt.prune.storage import storage_sizes
@@ -143,15 +143,6 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
     return report
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-
-    def line(cells):
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
 def _ratio_text(before: float, after: float) -> str:
     return f"{after / before:.3f}x" if before else "-"
 
@@ -166,7 +157,7 @@ def format_report(report: PruneReport) -> str:
              human_count(l.macs_before), human_count(l.macs_after), human_count(l.nonzero_macs)]
             for l in report.layers]
     out += _table(["layer", "op", "weight", "sparsity", "zero filters", "threshold",
-                   "MACs before", "MACs after", "nonzero MACs"], rows)
+                   "MACs before", "MACs after", "nonzero MACs"], rows, right=set(range(2, 9)))
     out += ["", f"sparsity of the pruned layers: {100 * report.sparsity:.2f}%", ""]
     before, after = report.before, report.after
     out += _table(["total", "", "before", "after", "after/before"], [
@@ -175,7 +166,7 @@ def format_report(report: PruneReport) -> str:
         ["bytes", "", human_bytes(before["bytes"]), human_bytes(after["bytes"]),
          _ratio_text(before["bytes"], after["bytes"])],
         ["MACs", "", human_count(before["macs"]), human_count(after["macs"]),
-         _ratio_text(before["macs"], after["macs"])]])
+         _ratio_text(before["macs"], after["macs"])]], right={2, 3, 4})
     if report.storage_after:
         dense = report.storage_before["mxnet"] if report.storage_before else None
         title = "params file after, measured"
