@@ -27,6 +27,10 @@ from graphopt.prune.storage import storage_sizes
 
 @dataclass
 class LayerPruning:
+    """One pruned layer. ``elements``/``filters`` are the original weight's; ``shape`` and
+    ``filters_after`` the weight's after pruning (smaller once channels are dropped), and
+    ``zeros_after`` counts the removed weights as zeros, so ``sparsity`` is the fraction of the
+    original weights that are gone or zero."""
     name: str
     op: str
     weight: str
@@ -35,6 +39,7 @@ class LayerPruning:
     zeros_before: int
     zeros_after: int
     filters: int
+    filters_after: int
     zeroed_filters_before: int
     zeroed_filters_after: int
     threshold: float | None = None
@@ -128,6 +133,7 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
             elements=int(old.size), zeros_before=int(old.size - np.count_nonzero(old)),
             zeros_after=int(old.size - np.count_nonzero(new)),
             filters=int(output_filters(old, layer.op, groups).shape[0]),
+            filters_after=int(output_filters(new, layer.op, new_groups).shape[0]) if new.size else 0,
             zeroed_filters_before=_zeroed_filters(old, layer.op, groups),
             zeroed_filters_after=(_zeroed_filters(new, layer.op, new_groups) if new.size else 0),
             threshold=thresholds.get(layer.weight),
@@ -152,12 +158,13 @@ def format_report(report: PruneReport) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in report.settings.items() if v is not None)
     out = [f"Pruning ({report.method}: {settings})", ""]
     rows = [[l.name, l.op, "x".join(map(str, l.shape)), f"{100 * l.sparsity:.1f}%",
-             f"{l.zeroed_filters_after}/{l.filters}",
+             f"{l.filters}" if l.filters_after == l.filters else f"{l.filters} -> {l.filters_after}",
+             str(l.zeroed_filters_after),
              "-" if l.threshold is None else f"{l.threshold:.4g}",
              human_count(l.macs_before), human_count(l.macs_after), human_count(l.nonzero_macs)]
             for l in report.layers]
-    out += _table(["layer", "op", "weight", "sparsity", "zero filters", "threshold",
-                   "MACs before", "MACs after", "nonzero MACs"], rows, right=set(range(2, 9)))
+    out += _table(["layer", "op", "weight", "sparsity", "filters", "zero filters", "threshold",
+                   "MACs before", "MACs after", "nonzero MACs"], rows, right=set(range(2, 10)))
     out += ["", f"sparsity of the pruned layers: {100 * report.sparsity:.2f}%", ""]
     before, after = report.before, report.after
     out += _table(["total", "", "before", "after", "after/before"], [
