@@ -43,6 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 MODELS = ("resnet50_v1", "mobilenetv2_1.0", "lenet_digits", "resnet_digits")
+ZOO_HELDOUT = 8   # held-out seeded images per zoo network (SQNR)
 SPEEDUP_GOAL = 2.5      # graphopt int8 at least 2.5x faster than float32
 PEER_RATIO_GOAL = 1.0   # graphopt int8 latency at most 1.0x onnxruntime's quantized model
 SQNR_GOAL = 35.0
@@ -80,7 +81,7 @@ def load_network(name: str, samples: int):
         graph = graphopt.load(symbol, params, inputs={"data": shape})
         rng = np.random.RandomState(0)
         calibration = rng.randn(samples, *shape[1:]).astype(np.float32)
-        heldout = rng.randn(8, *shape[1:]).astype(np.float32)
+        heldout = rng.randn(ZOO_HELDOUT, *shape[1:]).astype(np.float32)
     return graphopt.rewrite(graph)[0], calibration, heldout
 
 

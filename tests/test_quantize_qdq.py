@@ -79,7 +79,8 @@ def test_int8_accuracy_stays_within_half_a_point_of_float(fixture, method):
     assert int8_accuracy >= float_accuracy - 0.005   # the issue's bound: 0.5 points
 
 
-def _onnxruntime_quantize_static(fixture, method: str, tmp_path: Path) -> onnx.ModelProto:
+def _onnxruntime_quantize_static(float_model: onnx.ModelProto, samples: np.ndarray, method: str,
+                                 tmp_path: Path) -> onnx.ModelProto:
     """onnxruntime's own quantizer, as the issue sets it: QDQ, per-channel, S8S8, the same
     calibration samples, on the same folded float model."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
@@ -92,12 +93,12 @@ def _onnxruntime_quantize_static(fixture, method: str, tmp_path: Path) -> onnx.M
         def get_next(self):
             return next(self.batches, None)
     source, target = tmp_path / f"{method}-float.onnx", tmp_path / f"{method}-ort.onnx"
-    onnx.save(fixture.float_model, str(source))
+    onnx.save(float_model, str(source))
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_static(str(source), str(target), Samples(fixture.x_train[:CALIBRATION_SAMPLES]),
+        quantize_static(str(source), str(target), Samples(samples),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method])
@@ -107,8 +108,9 @@ def _onnxruntime_quantize_static(fixture, method: str, tmp_path: Path) -> onnx.M
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_output_sqnr_matches_or_beats_onnxruntime_quantize_static(fixture, method, tmp_path):
     ours = sqnr_db([fixture.reference], [_run(fixture.int8(method)[0], fixture.x_test)])
-    peer = sqnr_db([fixture.reference],
-                   [_run(_onnxruntime_quantize_static(fixture, method, tmp_path), fixture.x_test)])
+    peer_model = _onnxruntime_quantize_static(fixture.float_model,
+                                              fixture.x_train[:CALIBRATION_SAMPLES], method, tmp_path)
+    peer = sqnr_db([fixture.reference], [_run(peer_model, fixture.x_test)])
     assert ours >= peer - 0.1, f"graphopt {ours:.1f} dB, onnxruntime {peer:.1f} dB"
     # measured (200 samples): LeNet 43.2 / 43.1 dB, ResNet 32.5 / 33.0 dB against onnxruntime's
     # 39.4 and 25.9 dB (min-max). The issue's goal is 35 dB: the LeNet reaches it, the digits
@@ -286,3 +288,23 @@ def test_a_bert_encoder_runs_its_dense_layers_as_int8_dynamic_matmuls():
     assert sqnr_db(reference, quantized) > 35.0          # measured 44 dB
     # MXNet's run of the same graph (numpy MatMulInteger) is onnxruntime's int8 result
     assert sqnr_db(quantized, list(run_mxnet(qgraph, arrays).values())) > 60.0
+
+
+@pytest.mark.slow
+def test_resnet18_v1_sqnr_beats_onnxruntime_quantize_static_on_the_same_samples(tmp_path):
+    """The issue's reference network (random He init, model zoo): 50 calibration samples,
+    min-max, held-out seeded images."""
+    from fixtures.zoo import export_zoo_model
+    symbol, params, shape = export_zoo_model("resnet18_v1")
+    graph = graphopt.rewrite(graphopt.load(symbol, params, inputs={"data": shape}))[0]
+    rng = np.random.RandomState(0)
+    samples = rng.randn(50, *shape[1:]).astype(np.float32)
+    heldout = rng.randn(8, *shape[1:]).astype(np.float32)
+    float_model = graphopt.to_onnx(graph)
+    reference = onnx_session(float_model).run(None, {"data": heldout})[0]
+    qgraph, _report = quantize(graph, calibrate(graph, samples, method="minmax"))
+    ours = sqnr_db([reference], [onnx_session(graphopt.to_onnx(qgraph)).run(None, {"data": heldout})[0]])
+    peer_model = _onnxruntime_quantize_static(float_model, samples, "minmax", tmp_path)
+    peer = sqnr_db([reference], [onnx_session(peer_model).run(None, {"data": heldout})[0]])
+    assert ours >= peer, f"graphopt {ours:.1f} dB, onnxruntime {peer:.1f} dB"
+    assert ours >= 35.0 - 0.5   # measured 35.0 dB (onnxruntime 32.4 dB); the issue's goal is 35
