@@ -739,6 +739,27 @@ def test_fused_rnn(case, tmp_path):
         assert all(d.dim_value for i in model.graph.input for d in i.type.tensor_type.shape.dim)
 
 
+def fused_rnn_weights_as_input(mode, layers=1, bidirectional=False):
+    """The fused RNN as MXNet's own ONNX tests build it: the flat parameter vector is a graph
+    input (fed at run time), so the converter slices and reorders the weights in the graph."""
+    case = fused_rnn(mode, layers, bidirectional, state_outputs=True)
+    gates, directions = {"lstm": 4, "gru": 3}.get(mode, 1), 2 if bidirectional else 1
+    size = sum(directions * gates * 4 * ((3 if layer == 0 else 4 * directions) + 4 + 2)
+               for layer in range(layers))  # W, R and two biases per layer and direction
+    case.inputs = {"op_parameters": lambda rng, batch: rng.uniform(-1, 1, (size,)),
+                   **case.inputs}  # (in the graph's input order)
+    case.id = f"{case.id}-weights-as-input"
+    return case
+
+
+@cases(fused_rnn_weights_as_input("lstm", 2, True), fused_rnn_weights_as_input("gru"),
+       fused_rnn_weights_as_input("rnn_relu", 2))
+def test_fused_rnn_with_its_weights_as_a_graph_input(case, tmp_path):
+    for model in check(case, tmp_path).values():
+        assert "op_parameters" in [value.name for value in model.graph.input]
+        assert {"LSTM", "GRU", "RNN"} & {node.op_type for node in model.graph.node}
+
+
 @pytest.mark.parametrize("layer", ["LSTM", "GRU"])
 def test_gluon_rnn_layer_export(layer, tmp_path):
     """The user story: a Gluon recurrent layer, hybridized and exported, then converted. Its

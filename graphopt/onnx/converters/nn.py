@@ -691,35 +691,93 @@ def _static_value(ctx: ConvertContext, tensor: Tensor) -> np.ndarray | None:
     return None
 
 
-def _rnn_weights(flat: np.ndarray, mode: str, layers: int, directions: int, inputs: int,
-                 hidden: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Split MXNet's flat vector (every layer's and direction's i2h, h2h weight, then every
-    i2h, h2h bias) into ONNX's per-layer W (D, G*H, in), R (D, G*H, H), B (D, 2*G*H)."""
-    _op_type, order = RNN_GATES[mode]
-    gates = len(order)
-
-    def take(count: int, shape: tuple) -> np.ndarray:
-        nonlocal offset
-        block = flat[offset:offset + count].reshape(shape)
-        offset += count
-        return block.reshape(gates, hidden, *shape[1:])[order].reshape(shape)
-
-    offset, weights = 0, []
+def _rnn_blocks(layers: int, directions: int, inputs: int, hidden: int, gates: int
+                ) -> tuple[list[list[list[tuple[int, int]]]], int]:
+    """Where each matrix lies in MXNet's flat vector (every layer's and direction's i2h, h2h
+    weight, then every i2h, h2h bias): per layer, per direction, [W, R, W bias, R bias] as
+    (offset, columns) of a (gates * hidden, columns) block (a bias has 1 column); and the
+    vector's length."""
+    offset, blocks = 0, []
     for layer in range(layers):
         size = inputs if layer == 0 else hidden * directions
-        weights.append([(take(gates * hidden * size, (gates * hidden, size)),
-                         take(gates * hidden * hidden, (gates * hidden, hidden)))
-                        for _ in range(directions)])
-    result = []
-    for layer in range(layers):
-        biases = [np.concatenate([take(gates * hidden, (gates * hidden,)),
-                                  take(gates * hidden, (gates * hidden,))])
-                  for _ in range(directions)]
-        w, r = zip(*weights[layer])
-        result.append((np.stack(w), np.stack(r), np.stack(biases)))
-    if offset != flat.size:
-        raise Unsupported(f"the parameter vector has {flat.size} values, the layers need {offset}")
-    return result
+        per_direction = []
+        for _ in range(directions):
+            per_direction.append([(offset, size), (offset + gates * hidden * size, hidden)])
+            offset += gates * hidden * (size + hidden)
+        blocks.append(per_direction)
+    for per_direction in blocks:
+        for matrices in per_direction:
+            matrices += [(offset, 1), (offset + gates * hidden, 1)]
+            offset += 2 * gates * hidden
+    return blocks, offset
+
+
+class _StaticWeights:
+    """The ONNX weights as initializers, computed now from a flat vector of parameters."""
+
+    def __init__(self, ctx: ConvertContext, flat: np.ndarray, order: list[int], hidden: int):
+        self.ctx, self.flat, self.order, self.hidden = ctx, flat.reshape(-1), order, hidden
+
+    def block(self, offset: int, columns: int) -> np.ndarray:
+        rows = len(self.order) * self.hidden
+        matrix = self.flat[offset:offset + rows * columns].reshape(len(self.order), self.hidden,
+                                                                     columns)
+        return matrix[self.order].reshape(rows, columns)
+
+    def layer(self, per_direction) -> tuple[str, str, str]:
+        w = np.stack([self.block(*matrices[0]) for matrices in per_direction])
+        r = np.stack([self.block(*matrices[1]) for matrices in per_direction])
+        b = np.stack([np.concatenate([self.block(*m).reshape(-1) for m in matrices[2:]])
+                      for matrices in per_direction])
+        return (self.ctx.constant(w, hint="W"), self.ctx.constant(r, hint="R"),
+                self.ctx.constant(b, hint="B"))
+
+
+class _RuntimeWeights:
+    """The ONNX weights sliced and gate-reordered in the graph from the flat vector's value
+    (a graph input, as MXNet's own ONNX tests feed the fused RNN, or anything computed)."""
+
+    def __init__(self, ctx: ConvertContext, flat: str, order: list[int], hidden: int):
+        self.ctx, self.order, self.hidden = ctx, order, hidden
+        self.flat = ctx.emit1("Reshape", [flat, ctx.int64s([-1], hint="shape")])
+
+    def block(self, offset: int, columns: int) -> str:
+        ctx, rows = self.ctx, len(self.order) * self.hidden
+        piece = ctx.emit1("Slice", [self.flat, ctx.int64s([offset], hint="starts"),
+                                    ctx.int64s([offset + rows * columns], hint="ends")])
+        gates = ctx.emit1("Reshape", [piece, ctx.int64s([len(self.order), self.hidden, columns],
+                                                         hint="shape")])
+        ordered = ctx.emit1("Gather", [gates, ctx.int64s(self.order, hint="gates")], axis=0)
+        return ctx.emit1("Reshape", [ordered, ctx.int64s([1, rows, columns], hint="shape")])
+
+    def layer(self, per_direction) -> tuple[str, str, str]:
+        ctx, rows = self.ctx, len(self.order) * self.hidden
+        w, r, b = [], [], []
+        for matrices in per_direction:
+            w.append(self.block(*matrices[0]))
+            r.append(self.block(*matrices[1]))
+            biases = ctx.emit1("Concat", [self.block(*m) for m in matrices[2:]], axis=1)
+            b.append(ctx.emit1("Reshape", [biases, ctx.int64s([1, 2 * rows], hint="shape")]))
+        return tuple(parts[0] if len(parts) == 1 else ctx.emit1("Concat", parts, axis=0)
+                     for parts in (w, r, b))
+
+
+def _rnn_weights(ctx: ConvertContext, node: Node, mode: str, layers: int, directions: int,
+                 hidden: int) -> list[tuple[str, str, str]]:
+    """ONNX's per-layer W (D, G*H, in), R (D, G*H, H), B (D, 2*G*H) from MXNet's flat vector
+    (input 1), gates reordered: initializers when the vector is computed from parameters by
+    reshapes and concats (as Gluon feeds it), else slices of its value in the graph."""
+    _op_type, order = RNN_GATES[mode]
+    blocks, needed = _rnn_blocks(layers, directions, input_shape(ctx, node, 0)[2], hidden,
+                                 len(order))
+    size = int(np.prod(input_shape(ctx, node, 1)))
+    if size != needed:
+        raise Unsupported(f"the parameter vector has {size} values, but {layers} layer(s) of "
+                          f"{mode} with state_size {hidden} need {needed}")
+    flat = _static_value(ctx, ctx.source(node, 1))
+    weights = (_StaticWeights(ctx, flat, order, hidden) if flat is not None
+               else _RuntimeWeights(ctx, ctx.input(node, 1), order, hidden))
+    return [weights.layer(per_direction) for per_direction in blocks]
 
 
 # Fused-RNN attributes left out, with why. Both are cuDNN-only in MXNet 1.9.1: its CPU kernels
@@ -753,11 +811,7 @@ def rnn(ctx: ConvertContext, node: Node) -> None:
     op_type, _order = RNN_GATES[mode]
     layers, hidden = int(ctx.attr(node, "num_layers")), int(ctx.attr(node, "state_size"))
     directions = 2 if ctx.attr(node, "bidirectional") else 1
-    flat = _static_value(ctx, ctx.source(node, 1))
-    if flat is None:
-        raise Unsupported("the parameter vector is not computed from parameters alone")
-    weights = _rnn_weights(flat.reshape(-1), mode, layers, directions,
-                           input_shape(ctx, node, 0)[2], hidden)
+    weights = _rnn_weights(ctx, node, mode, layers, directions, hidden)
     extra = {"linear_before_reset": 1} if mode == "gru" else {}
     if op_type == "RNN":
         extra = {"activations": ["Relu" if mode == "rnn_relu" else "Tanh"] * directions}
@@ -770,8 +824,7 @@ def rnn(ctx: ConvertContext, node: Node) -> None:
         rows = [ctx.int64s([layer * directions], hint="start"),
                 ctx.int64s([(layer + 1) * directions], hint="end")]
         initial = [ctx.emit1("Slice", [state, *rows]) for state in states]
-        onnx_inputs = [sequence, ctx.constant(w, hint="W"), ctx.constant(r, hint="R"),
-                       ctx.constant(b, hint="B"), lengths, *initial]
+        onnx_inputs = [sequence, w, r, b, lengths, *initial]
         outputs = ctx.emit(op_type, onnx_inputs, 1 + len(states), hidden_size=hidden,
                            direction="bidirectional" if directions == 2 else "forward", **extra)
         merged = ctx.emit1("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
