@@ -760,6 +760,34 @@ def test_fused_rnn_with_its_weights_as_a_graph_input(case, tmp_path):
         assert {"LSTM", "GRU", "RNN"} & {node.op_type for node in model.graph.node}
 
 
+def _weights_as_inputs() -> mx.sym.Symbol:
+    conv = mx.sym.Convolution(data, mx.sym.var("conv_weight"), mx.sym.var("conv_bias"),
+                              kernel=(3, 3), num_filter=4, name="conv")
+    prelu = mx.sym.LeakyReLU(conv, mx.sym.var("prelu_gamma"), act_type="prelu", name="prelu")
+    up = mx.sym.Deconvolution(prelu, mx.sym.var("up_weight"), kernel=(2, 2), stride=(2, 2),
+                              num_filter=2, name="up")
+    norm = mx.sym.LayerNorm(up, mx.sym.var("norm_gamma"), mx.sym.var("norm_beta"), axis=1,
+                            name="norm")
+    return mx.sym.FullyConnected(norm, mx.sym.var("fc_weight"), mx.sym.var("fc_bias"),
+                                 num_hidden=3, name="fc")
+
+
+def _uniform(shape):
+    return lambda rng, batch: rng.uniform(-1, 1, shape)
+
+
+@cases(Case("every-weight-a-graph-input", _weights_as_inputs, (3, 5, 5), other_batch=False,
+            inputs={"conv_weight": _uniform((4, 3, 3, 3)), "conv_bias": _uniform((4,)),
+                    "prelu_gamma": _uniform((4,)), "up_weight": _uniform((4, 2, 2, 2)),
+                    "norm_gamma": _uniform((2,)), "norm_beta": _uniform((2,)),
+                    "fc_weight": _uniform((3, 72)), "fc_bias": _uniform((3,))}))
+def test_weights_fed_at_run_time_are_read_in_the_graph(case, tmp_path):
+    """Converters that reshape a weight (PReLU's slope, LayerNorm's off-last-axis scale) do it
+    in the graph when the weight is an input, not a stored parameter."""
+    for model in check(case, tmp_path).values():  # (check compares each with MXNet)
+        assert set(case.inputs) <= {value.name for value in model.graph.input}
+
+
 @pytest.mark.parametrize("layer", ["LSTM", "GRU"])
 def test_gluon_rnn_layer_export(layer, tmp_path):
     """The user story: a Gluon recurrent layer, hybridized and exported, then converted. Its
