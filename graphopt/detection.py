@@ -2,12 +2,14 @@
 
 A detection head ends in ops that sort by score (``_contrib_box_nms``, ``topk``,
 ``_contrib_MultiBoxDetection``). Two faithful runtimes may order equal scores differently:
-MXNet's CPU ``topk`` and ``box_nms`` sort with ``std::partial_sort``/``std::sort``, whose order
-of equal elements is unspecified, and ONNX ``TopK`` puts the lower index first. A rounding
-difference of 1e-7 between two near-equal scores swaps two rows as well. The element-wise
-comparison then reads as a wrong model (relative error near 1) although both runtimes found the
-same objects, and random weights make it common: a saturated sigmoid gives thousands of scores
-of exactly 1.0 (measured on GluonCV's CenterNet with He-initialised weights).
+MXNet's CPU ``topk`` sorts with ``std::partial_sort``/``std::sort``, whose order of equal
+elements is unspecified, while ONNX ``TopK`` puts the lower index first (``box_nms`` sorts
+stably, and its export keeps that order). And a rounding difference of 1e-7 between two
+near-equal scores swaps two rows, or moves a box across an NMS threshold, in any runtime. The
+element-wise comparison then reads as a wrong model (relative error near 1) although both
+runtimes found the same objects, and random weights make it common: a saturated sigmoid gives
+thousands of scores of exactly 1.0 (measured: 25,606 of GluonCV CenterNet's heatmap values with
+He-initialised weights), and those are ties for ``topk``.
 
 So detection outputs are compared as sets, per image:
 
@@ -186,8 +188,9 @@ class DetectionReport:
         if tied:
             lines.append(f"  {self.tied_mxnet} MXNet and {self.tied_onnx} ONNX detection(s) "
                          f"unmatched among equal scores (within {self.score_tolerance:g}): "
-                         f"which of equal scores a sort keeps is the runtime's choice (MXNet: "
-                         f"std::sort order, ONNX TopK: lower index first), not an error")
+                         f"which of equal scores a sort keeps is the runtime's choice (MXNet's "
+                         f"topk leaves their order unspecified, ONNX TopK puts the lower index "
+                         f"first; rounding swaps near-equal ones), not an error")
             if tied > self.matched:
                 lines.append("  most detections are tied: the comparison says little about "
                              "these inputs (saturated scores; random weights often give them)")

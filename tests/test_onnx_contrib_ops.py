@@ -254,6 +254,10 @@ NMS_CASES = [
     {"id_index": 0, "background_id": 2, "force_suppress": True},
     {"overlap_thresh": 0.0},
     {"valid_thresh": -0.5, "overlap_thresh": 1.0},
+    {"overlap_thresh": 2.0, "topk": 6},  # GluonCV's FPN: sort and cut, suppress nothing
+    {"overlap_thresh": 1.5, "id_index": 0},
+    {"overlap_thresh": -0.1, "id_index": 0},  # every IoU exceeds it: the best of each class
+    {"overlap_thresh": -0.1, "force_suppress": True},
 ]
 
 
