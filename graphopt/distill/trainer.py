@@ -106,6 +106,60 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     ``output``: a prefix to save the result to (:meth:`DistillResult.save`).
     """
     _check_settings(temperature, alpha, epochs, batch_size, teacher_cache, lr_schedule)
+    setup = _prepare(teacher, student, train_data, val_data, alpha, batch_size, teacher_cache,
+                     seed)
+    settings = {"temperature": temperature, "alpha": alpha, "epochs": epochs,
+                "batch_size": batch_size,
+                "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+                "learning_rate": learning_rate, "lr_schedule": lr_schedule,
+                "optimizer_params": {key: value if isinstance(value, (int, float, str)) else str(value)
+                                     for key, value in (optimizer_params or {}).items()},
+                "seed": seed, "teacher_cache": setup.cache, "keep_zeros": keep_zeros,
+                "train_data": setup.train.source,
+                "val_data": None if setup.val is None else setup.val.source,
+                "classes": setup.classes}
+    block, teacher_model, val = setup.trainee.block, setup.teacher, setup.val
+    teacher_val_accuracy = (None if teacher_model is None or val is None
+                            else _accuracy(teacher_model.logits, val))
+    scheduler = _schedule(lr_schedule, learning_rate, epochs, setup.train, batch_size)
+    loop = _Loop(block, teacher_model if alpha < 1 else None, setup.train, setup.classes,
+                 batch_size, setup.cache, temperature, alpha, seed, keep_zeros,
+                 _optimizer(block, optimizer, learning_rate, optimizer_params, scheduler))
+
+    history, best_epoch, best_accuracy, best_weights = [], epochs, None, None
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        entry = {"epoch": epoch, **loop.run_epoch(f"distill {epoch}/{epochs}")}
+        if val is not None:
+            entry["val_accuracy"] = _accuracy(lambda x: _student_logits(block, x), val)
+            if best_accuracy is None or entry["val_accuracy"] > best_accuracy:
+                best_epoch, best_accuracy = epoch, entry["val_accuracy"]
+                best_weights = snapshot(block)
+        entry["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(entry)
+    if best_weights is not None:  # without validation data the last epoch is the result
+        restore(block, best_weights)
+
+    result = DistillResult(setup.trainee.graph(), block, history, best_epoch, best_accuracy,
+                           teacher_val_accuracy, settings)
+    if output is not None:
+        result.save(output)
+    return result
+
+
+@dataclass
+class _Setup:
+    train: ArrayData | LoaderData
+    val: ArrayData | LoaderData | None
+    cache: str
+    teacher: Teacher | None
+    trainee: "_Trainee"
+    classes: int
+
+
+def _prepare(teacher, student, train_data, val_data, alpha: float, batch_size: int,
+             teacher_cache: str, seed: int) -> _Setup:
+    """Load and check everything before training: both models run once on the first batch."""
     if teacher is None and alpha < 1:
         raise GraphoptError(f"a teacher is needed unless alpha = 1 (plain training); alpha is {alpha}")
     train = as_training_data(train_data, "train_data")
@@ -128,48 +182,13 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     classes = _classes(teacher_sample, train, first_y)
     trainee = _trainee(student, classes, seed, first_x)
     _check_input_shape(first_x, trainee.declared_input_shape, "student", train.source)
-    student_sample = _student_logits(trainee.block, first_x)
-    _check_outputs(teacher_sample, student_sample)
+    _check_outputs(teacher_sample, _student_logits(trainee.block, first_x))
     check_label_range(first_y, classes, train.source)
     if isinstance(train, ArrayData):
         check_label_range(train.y, classes, train.source)
     if val is not None:
         _check_validation(val, classes)
-
-    settings = {"temperature": temperature, "alpha": alpha, "epochs": epochs,
-                "batch_size": batch_size,
-                "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-                "learning_rate": learning_rate, "lr_schedule": lr_schedule,
-                "optimizer_params": {key: str(value) if not isinstance(value, (int, float, str))
-                                     else value for key, value in (optimizer_params or {}).items()},
-                "seed": seed, "teacher_cache": cache, "keep_zeros": keep_zeros,
-                "train_data": train.source, "val_data": None if val is None else val.source,
-                "classes": classes}
-    teacher_val_accuracy = (None if teacher_model is None or val is None
-                            else _accuracy(lambda x: teacher_model.logits(x), val))
-
-    loop = _Loop(trainee.block, teacher_model if alpha < 1 else None, train, classes, batch_size,
-                 cache, temperature, alpha, seed, keep_zeros,
-                 _optimizer(trainee.block, optimizer, learning_rate, optimizer_params,
-                            _schedule(lr_schedule, learning_rate, epochs, train, batch_size)))
-    history, best_epoch, best_accuracy, best_weights = [], 0, None, None
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        entry = {"epoch": epoch, **loop.run_epoch(f"distill {epoch}/{epochs}")}
-        if val is not None:
-            entry["val_accuracy"] = _accuracy(lambda x: _student_logits(trainee.block, x), val)
-        entry["seconds"] = round(time.perf_counter() - started, 3)
-        history.append(entry)
-        if val is None or best_accuracy is None or entry["val_accuracy"] > best_accuracy:
-            best_epoch, best_accuracy = epoch, entry.get("val_accuracy")
-            best_weights = snapshot(trainee.block)
-    restore(trainee.block, best_weights)
-
-    result = DistillResult(trainee.graph(), trainee.block, history, best_epoch, best_accuracy,
-                           teacher_val_accuracy, settings)
-    if output is not None:
-        result.save(output)
-    return result
+    return _Setup(train, val, cache, teacher_model, trainee, classes)
 
 
 # --- before training: checks ---------------------------------------------------------------
