@@ -84,7 +84,18 @@ def _has_qparams(graph, tensor) -> bool:
 # --- guards ------------------------------------------------------------------------------------
 
 def _unsupported_form(layer: Ref) -> str | None:
+    """Why onnxruntime could not run this layer in int8 from a QDQ model, or None."""
     op = layer.op
+    if op.startswith("_contrib_interleaved_matmul"):
+        # its ONNX form reshapes and transposes the heads between the dequantize and the MatMul
+        return ("its ONNX form puts Reshape/Transpose between the dequantize and the MatMul, "
+                "which onnxruntime does not fuse")
+    if op == "FullyConnected" and not layer.attr("flatten") and layer.node.outputs[0].shape \
+            and len(layer.node.outputs[0].shape) > 2:
+        return ("flatten=False on a tensor of rank > 2 is Transpose + MatMul in ONNX, which "
+                "onnxruntime does not fuse from QDQ: use quantize_dynamic (int8 DynamicQuantizeMatMul)")
+    if op == "batch_dot" and (layer.attr("transpose_a") or layer.attr("transpose_b")):
+        return "a transposed operand puts a Transpose between the dequantize and the MatMul"
     if op == "Pooling" and layer.attr("pool_type") not in ("max", "avg"):
         return f"{layer.attr('pool_type')} pooling has no int8 kernel"
     if op in ("Convolution", "Deconvolution") and layer.attr("layout") not in (None, "NCW", "NCHW",
