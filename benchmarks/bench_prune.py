@@ -135,6 +135,8 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict:
             "prune_and_drop_seconds": round(seconds, 2),
             "macs_before": report.before["macs"], "macs_after": report.after["macs"],
             "params_after": report.after["params"],
+            "channels_dropped": report.dropped.dropped,
+            "channels_zeroed_kept": sum(g["zeroed_kept"] for g in report.dropped.groups),
             "macs_speedup": report.before["macs"] / report.after["macs"],
             "max_rel_diff_vs_masked": float(np.abs(actual - reference).max()
                                             / (np.abs(reference).max() or 1.0)),
@@ -198,6 +200,8 @@ def digits_figures(epochs: list[int]) -> dict:
                                "macs_after": report.after["macs"],
                                "params_before": report.before["params"],
                                "params_after": report.after["params"],
+            "channels_dropped": report.dropped.dropped,
+            "channels_zeroed_kept": sum(g["zeroed_kept"] for g in report.dropped.groups),
                                "accuracy": accuracy(smaller), "fine_tuned": {}}
         for count in epochs:
             started = time.perf_counter()
@@ -269,7 +273,9 @@ def format_report(results: dict) -> str:
                 line += (f" {mx_ms:14.2f} {entry['mxnet_ms'][batch]['original'] / mx_ms:4.2f}x"
                          f" {ort_ms:12.2f} {entry['onnxruntime_ms'][batch]['original'] / ort_ms:4.2f}x")
             if "max_rel_diff_vs_masked" in figures:
-                line += f"   (vs masked: {figures['max_rel_diff_vs_masked']:.1e})"
+                line += (f"   ({figures['channels_dropped']} channels dropped, "
+                         f"{figures['channels_zeroed_kept']} zeroed kept; vs masked "
+                         f"{figures['max_rel_diff_vs_masked']:.1e})")
             lines.append(line)
         half = entry["ratios"].get("50%", {})
         speedups = [v for k, v in half.items() if k.endswith("_speedup_b1")]
