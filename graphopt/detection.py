@@ -16,10 +16,13 @@ So detection outputs are compared as sets, per image:
 - every MXNet detection (class, score, box), highest score first, is matched to the unmatched
   ONNX detection of the same class whose score is within ``score_tolerance`` and whose box
   overlaps it most, if that overlap (IoU) is at least ``iou``;
-- a detection left without a partner is *tied* when another detection of the image (on either
-  side, any class) has a score within ``score_tolerance`` of its own: which of equal scores a
-  sort keeps, or which of two overlapping equal-score boxes NMS suppresses, is the runtime's
-  choice. Any other unmatched detection is a real difference;
+- a detection left without a partner is *tied* when its score (within ``score_tolerance``) is
+  shared by two or more detections of the image on one side, any class: which of equal scores
+  a sort keeps is the runtime's choice. Any other unmatched detection is a real difference: a
+  score held by one detection on each side is one detection that the runtimes place, class or
+  score differently. (Two overlapping boxes of near-equal scores that NMS keeps one of, each
+  runtime another, therefore read as a difference: the outputs cannot tell that apart from a
+  moved box, and a false alarm that names the boxes is better than a silent pass.)
 - the verdict: no real difference. Tied ones are counted and reported, never hidden.
 
 Layouts recognised (MXNet's outputs, ``B`` images of ``N`` rows):
@@ -117,10 +120,10 @@ def _whole_numbers(array: np.ndarray) -> bool:
     return array.dtype.kind in "iub" or bool(np.all(np.mod(array, 1) == 0))
 
 
-def sorts_by_score(graph: Graph) -> bool:
-    """Whether the model's outputs depend on an op that sorts by score (a detection head)."""
-    live = graph.live_nodes()
-    return any(graph.node(name).op in SORTING_OPS for name in live)
+def sorting_ops(graph: Graph) -> list[str]:
+    """The nodes the model's outputs depend on that sort by score (a detection head has one, a
+    two-stage detector one per stage or more)."""
+    return sorted(name for name in graph.live_nodes() if graph.node(name).op in SORTING_OPS)
 
 
 def judge_detections(graph: Graph, reference: Mapping[str, np.ndarray],
@@ -132,7 +135,8 @@ def judge_detections(graph: Graph, reference: Mapping[str, np.ndarray],
     ``mode``: ``None`` compares when the model sorts by score and a layout is found, ``True``
     insists (and raises :class:`~graphopt.errors.GraphoptError` if no layout fits), ``False``
     never compares."""
-    if mode is False or (mode is None and not sorts_by_score(graph)):
+    sorting = sorting_ops(graph)
+    if mode is False or (mode is None and not sorting):
         return None
     layout = find_layout(reference)
     if layout is None:
@@ -145,7 +149,9 @@ def judge_detections(graph: Graph, reference: Mapping[str, np.ndarray],
     if any(name not in actual or np.shape(actual[name]) != np.shape(reference[name])
            for name in layout.names):
         return None  # a missing or misshapen output already fails the element-wise comparison
-    return compare_detections(layout, reference, actual, iou, score_tolerance)
+    report = compare_detections(layout, reference, actual, iou, score_tolerance)
+    report.sorting_ops = sorting
+    return report
 
 
 # --- matching ----------------------------------------------------------------------------------
@@ -166,6 +172,7 @@ class DetectionReport:
     max_score_error: float = 0.0     # over matched pairs
     min_iou: float = 1.0
     max_box_error: float = 0.0
+    sorting_ops: list[str] = field(default_factory=list)  # of the model, when known
 
     @property
     def ok(self) -> bool:
@@ -202,6 +209,11 @@ class DetectionReport:
                                 if entry.get("nearest_iou") is not None else ""))
             if len(unmatched) > 5:
                 lines.append(f"  ... and {len(unmatched) - 5} more only in {side}")
+        if not self.ok and len(self.sorting_ops) > 1:
+            lines.append(f"  the model sorts by score {len(self.sorting_ops)} times "
+                         f"({', '.join(self.sorting_ops[:4])}): a proposal that near-equal "
+                         f"scores let through in one runtime only yields detections the other "
+                         f"lacks; --per-layer shows where the runtimes part")
         lines.append(f"  detections: {'OK' if self.ok else 'FAIL'}")
         return lines
 
@@ -259,13 +271,15 @@ def _match_image(report: DetectionReport, image: int, expected, got) -> None:
         report.min_iou = min(report.min_iou, float(overlaps[best]))
         report.max_box_error = max(report.max_box_error,
                                    float(np.abs(o_boxes[partner] - m_boxes[index]).max()))
-    every_score = np.concatenate([m_scores, o_scores])
-    for side, keep, ids, scores, boxes, others in (
-            ("mxnet", matched_m, m_ids, m_scores, m_boxes, o_boxes),
-            ("onnx", taken, o_ids, o_scores, o_boxes, m_boxes)):
+    for side, keep, ids, scores, boxes, others, other_scores in (
+            ("mxnet", matched_m, m_ids, m_scores, m_boxes, o_boxes, o_scores),
+            ("onnx", taken, o_ids, o_scores, o_boxes, m_boxes, m_scores)):
         for index in np.flatnonzero(~keep):
-            # itself is within the tolerance of its own score once: tied needs another
-            if np.count_nonzero(np.abs(every_score - scores[index]) <= tolerance) > 1:
+            # tied: its score is shared by two detections on one side (itself counts once);
+            # one detection per side at a score is the same detection, differing
+            level = [np.count_nonzero(np.abs(values - scores[index]) <= tolerance)
+                     for values in (scores, other_scores)]
+            if max(level) > 1:
                 setattr(report, f"tied_{side}", getattr(report, f"tied_{side}") + 1)
                 continue
             nearest = float(box_iou(boxes[index], others).max()) if len(others) else None
