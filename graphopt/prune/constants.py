@@ -24,6 +24,7 @@ Values are float64 arrays over a tensor's channel positions, NaN where not const
 from __future__ import annotations
 
 import math
+import weakref
 
 import mxnet as mx
 import numpy as np
@@ -41,9 +42,23 @@ def _attr(graph: Graph, node: str, key: str):
     return attr_or_default(n.op, n.attrs, key, None)
 
 
+_ZERO_ROWS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
 def _rows_zero(array: np.ndarray) -> np.ndarray:
-    """For each index of axis 0: is the whole slice zero."""
-    return ~np.any(array.reshape(array.shape[0], -1) != 0, axis=1)
+    """For each index of axis 0: is the whole slice zero. Remembered per array: parameters are
+    read-only and an edit replaces them, and a drop asks again after each group (a VGG
+    classifier weight is 100M values)."""
+    key = id(array)
+    known = _ZERO_ROWS.get(key)
+    if known is not None and known[0]() is array:
+        return known[1]
+    result = ~np.any(array.reshape(array.shape[0], -1) != 0, axis=1)
+    if not array.flags.writeable:
+        if len(_ZERO_ROWS) > 4096:
+            _ZERO_ROWS.clear()
+        _ZERO_ROWS[key] = (weakref.ref(array), result)
+    return result
 
 
 def _bias(graph: Graph, name: str | None, size: int) -> np.ndarray:
@@ -180,7 +195,9 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
         if op in INDEX_OPS:
             known: dict[int, float] = {}
             for tensor in through.inputs:
-                for channel, value in zip(_channels(group, tensor), values.get(tensor, ())):
+                if tensor not in values:   # a tensor outside the group (its channels pinned)
+                    continue
+                for channel, value in zip(_channels(group, tensor), values[tensor]):
                     known.setdefault(channel, value)
             for tensor in through.outputs:
                 values[tensor] = np.array([known.get(c, np.nan) for c in _channels(group, tensor)],

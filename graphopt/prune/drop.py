@@ -148,7 +148,7 @@ def _choose(graph: Graph, group: ChannelGroup, values: dict[Tensor, np.ndarray],
             plan.carrier = carrier
             blocked[carrier] = (f"carries the constants of the dropped channels into the zero "
                                 f"padding of {names}")
-    zeroed = set(range(group.size))
+    zeroed = {c for producer in group.producers for c in producer.channels}
     for producer in group.producers:
         constants = values.get(Tensor(producer.node, 0))
         for position, channel in enumerate(producer.channels):
@@ -211,7 +211,7 @@ class _Arrays:
         return value
 
     def changes(self, attrs: list, new_bias_slot: dict[str, int]) -> GraphChanges:
-        params = {name: value.astype(self.graph.params[name].dtype, copy=False)
+        params = {name: _read_only(value.astype(self.graph.params[name].dtype, copy=False))
                   for name, value in self.values.items()}
         new_inputs = []
         for node, value in self.new_bias.items():
@@ -220,6 +220,12 @@ class _Arrays:
                 new_inputs.append((node, new_bias_slot[node], value.astype(weight_dtype)))
                 attrs.append((node, "no_bias", False))
         return GraphChanges(params, new_inputs, attrs)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Arrays a plan made are its own: marked read-only, the graph keeps them without a copy."""
+    array.flags.writeable = False
+    return array
 
 
 def _kept_positions(channels: tuple[int, ...], drop: set[int]) -> list[int]:
@@ -241,29 +247,32 @@ def _drop_outputs(graph: Graph, arrays: _Arrays, attrs: list, producer, keep: li
         rows, columns = weight.shape[0] // groups, weight.shape[1]
         locals_ = _per_group(keep, columns, groups)
         arrays.set(producer.weight, np.concatenate(
-            [weight[j * rows:(j + 1) * rows][:, locals_[j]] for j in range(groups)], axis=0))
+            [np.take(weight[j * rows:(j + 1) * rows], locals_[j], axis=1) for j in range(groups)],
+            axis=0))
     else:
-        arrays.set(producer.weight, weight[keep])
+        arrays.set(producer.weight, np.take(weight, keep, axis=0))
     if producer.bias is not None:
-        arrays.set(producer.bias, arrays.get(producer.bias)[keep])
+        arrays.set(producer.bias, np.take(arrays.get(producer.bias), keep, axis=0))
     key = "num_hidden" if producer.op == "FullyConnected" else "num_filter"
     attrs.append((producer.node, key, len(keep)))
 
 
 def _carry(weight: np.ndarray, axis: int, consumer: Consumer, gone: list[int],
-           constants: np.ndarray, carrier: int | None) -> list[int]:
+           constants: np.ndarray, carrier: int | None) -> tuple[np.ndarray, list[int]]:
     """Add (c_p / c_r) * W_p to the carrier's weight slice r for each dropped position p with a
-    non-zero constant (see :func:`_spreads_constants`); returns the positions left to fold."""
+    non-zero constant (see :func:`_spreads_constants`); returns the new weight and the
+    positions left to fold."""
     moving = [p for p in gone if constants[p] != 0]
     if not moving:
-        return gone
+        return weight, gone
+    weight = weight.copy()
     target = next(q for q, c in enumerate(consumer.channels) if c == carrier and constants[q] != 0)
     view = np.moveaxis(weight, axis, 0)   # a view: writes go to weight
     carried = view[target].astype(np.float64)
     for p in moving:
         carried += constants[p] / constants[target] * view[p]
     view[target] = carried
-    return [p for p in gone if constants[p] == 0]
+    return weight, [p for p in gone if constants[p] == 0]
 
 
 def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[int],
@@ -273,33 +282,33 @@ def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[in
     keep = [p for p in positions if consumer.channels[p] not in drop]
     gone = [p for p in positions if consumer.channels[p] in drop]
     if _spreads_constants(graph, consumer):
-        weight = weight.copy()   # the carrier's slice is written
-        gone = _carry(weight, 0 if consumer.op == "Deconvolution" else 1, consumer, gone,
+        weight, gone = _carry(weight, 0 if consumer.op == "Deconvolution" else 1, consumer, gone,
                       constants, carrier)
     if consumer.op == "Deconvolution":   # (C_in, C_out/g, ...): input channels are axis 0
-        arrays.set(consumer.weight, weight[keep])
+        arrays.set(consumer.weight, np.take(weight, keep, axis=0))
         return
-    if consumer.op == "FullyConnected":
-        spatial = consumer.spatial
-        bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
-        for p in gone:
-            if constants[p] != 0:
-                bias += constants[p] * weight[:, p * spatial:(p + 1) * spatial].sum(axis=1, dtype=np.float64)
-        columns = [p * spatial + s for p in keep for s in range(spatial)]
-        arrays.set(consumer.weight, weight[:, columns])
+    if consumer.op == "FullyConnected":   # (out, C * spatial): channel p is columns p*S..p*S+S-1
+        by_channel = weight.reshape(weight.shape[0], len(consumer.channels), consumer.spatial)
+        folding = [p for p in gone if constants[p] != 0]
+        if folding:
+            bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+            bias += np.take(by_channel, folding, axis=1).sum(axis=2, dtype=np.float64) @ constants[folding]
+        arrays.set(consumer.weight, np.take(by_channel, keep, axis=1).reshape(weight.shape[0], -1))
         return
     groups = consumer.num_group
     per_in = len(consumer.channels) // groups
     per_out = weight.shape[0] // groups
-    sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2, dtype=np.float64)
-    bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
-    for p in gone:
-        if constants[p] != 0:
+    folding = [p for p in gone if constants[p] != 0]
+    if folding:
+        sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2, dtype=np.float64)
+        bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+        for p in folding:   # b[o] += c_p * sum(W[o, p]) for the outputs o of p's conv group
             j, r = divmod(p, per_in)
             bias[j * per_out:(j + 1) * per_out] += constants[p] * sums[j * per_out:(j + 1) * per_out, r]
     locals_ = _per_group(keep, per_in, groups)
     arrays.set(consumer.weight, np.concatenate(
-        [weight[j * per_out:(j + 1) * per_out][:, locals_[j]] for j in range(groups)], axis=0))
+        [np.take(weight[j * per_out:(j + 1) * per_out], locals_[j], axis=1) for j in range(groups)],
+        axis=0))
 
 
 def _new_cut(keep_before: list[int], begin: int, end: int) -> tuple[int, int]:
