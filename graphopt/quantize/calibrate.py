@@ -255,6 +255,7 @@ def calibrate(graph: Graph, data: Any, method: str = "entropy", *, batch_size: i
                     node=_node_of(graph, name))
             if keep_histograms:
                 histogram.add_histogram(array)
+        values = array = None   # freed before the next batch runs: one batch in memory
     if samples == 0:
         raise DataError("no calibration samples: the data is empty")
     if samples < FEW_SAMPLES:
