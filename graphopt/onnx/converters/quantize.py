@@ -10,6 +10,7 @@ written as ONNX scalars, which is what per-tensor means to QuantizeLinear; per-c
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from graphopt.ir.graph import Node
 from graphopt.onnx.context import ConvertContext, Unsupported, converter
@@ -24,8 +25,16 @@ def _scale_and_zero_point(ctx: ConvertContext, node: Node, axis: int | None) -> 
     if any(v is None for v in values):    # computed at run time (dynamic quantization): (1,)
         shape = ctx.int64s([], hint="scalar_shape")
         return [ctx.emit1("Reshape", [ctx.input(node, slot), shape]) for slot in (1, 2)]
-    return [ctx.constant(np.asarray(v).reshape(()), hint=hint)
-            for v, hint in zip(values, ("scale", "zero_point"))]
+    # one initializer per parameter, shared by the pair that reads it but by no other pair:
+    # onnxruntime's int8 -> uint8 activation conversion rewrites a zero point in place and
+    # skips a pair whose zero point another pair also reads (ctx.constant would share equal ones)
+    names = []
+    for slot, value in zip((1, 2), values):
+        name = f"{ctx.source(node, slot).node}__scalar"
+        if name not in ctx.initializers:
+            ctx.initializers[name] = numpy_helper.from_array(np.asarray(value).reshape(()), name)
+        names.append(name)
+    return names
 
 
 def _linear(ctx: ConvertContext, node: Node, op_type: str) -> None:
