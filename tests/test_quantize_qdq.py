@@ -147,6 +147,17 @@ def test_mxnet_runs_the_qdq_graph_as_onnxruntime_runs_its_int8_kernels(fixture):
     assert sqnr_db([int8], [simulated]) > 40.0
 
 
+def test_the_qdq_graph_saved_as_mxnet_loads_and_runs(fixture, tmp_path):
+    _model, qgraph, _report = fixture.int8("minmax")
+    symbol, params = graphopt.save_mxnet(qgraph, tmp_path / "int8")
+    reloaded = graphopt.load(symbol, params, inputs={"data": (1, 1, 28, 28)})
+    weights = [name for name in reloaded.params if name.endswith("_weight_quantized")]
+    assert weights and all(reloaded.params[name].dtype == np.int8 for name in weights)
+    x = fixture.x_test[:8]
+    assert np.array_equal(next(iter(run_mxnet(reloaded, {"data": x}).values())),
+                          next(iter(run_mxnet(qgraph, {"data": x}).values())))
+
+
 def test_exclusions_by_name_op_and_first_last_stay_float(fixture):
     graph = fixture.graph
     first_conv = next(n.name for n in graph.op_nodes() if n.op == "Convolution")
