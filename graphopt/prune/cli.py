@@ -2,7 +2,8 @@
 
     graphopt prune MODEL --input data:1x3x224x224 (--threshold T | --sparsity S | --filters R)
         [--layers PATTERN] [--scope layer|global] [--criterion l1|l2|bn_gamma] [--round-to N]
-        [--drop-channels] [-o OUT] [--to mxnet|onnx] [--report report.json] [--json]
+        [--drop-channels] [-o OUT] [--to mxnet|onnx] [--sparse-params P.npz]
+        [--report report.json] [--json]
 
 ``--threshold``/``--sparsity`` are magnitude pruning, ``--filters R`` zeroes the fraction R of
 output channels (then ``--drop-channels`` removes them). ``--layers`` takes the syntax of
@@ -47,6 +48,9 @@ def add_commands(commands) -> None:
     p.add_argument("--to", choices=["mxnet", "onnx"], default="mxnet")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
+    p.add_argument("--sparse-params", metavar="PARAMS.npz",
+                   help="also write the pruned parameters as a deflated bitmask .npz "
+                        "(graphopt.prune.load_sparse reads it back)")
     p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_prune)
@@ -73,6 +77,10 @@ def cmd_prune(args) -> int:
     if args.report:
         atomic_write_bytes(args.report, json.dumps(data, indent=2, default=str).encode())
     _print_json(data) if args.json else print(report.format())
+    if args.sparse_params:
+        from graphopt.prune.storage import save_sparse
+        save_sparse(pruned.params, args.sparse_params)
+        print(f"wrote {args.sparse_params} (sparse parameters)", file=sys.stderr)
     if args.output:
         if args.to == "onnx":
             from graphopt.onnx import to_onnx
