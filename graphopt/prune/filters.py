@@ -21,9 +21,11 @@ the dropped one computes.
 Ranking (``criterion``), per channel, summed over the segment's producers:
 
 ``l1`` / ``l2``   the L1 / L2 norm of the channel's filter (all it multiplies)
-``bn_gamma``      |gamma| of the BatchNorm right after each producer (network slimming). MXNet's
-                  BatchNorm defaults to ``fix_gamma=True``, which treats gamma as 1 whatever is
-                  stored: then (or without a BatchNorm) |gamma| ranks nothing, and the segment
+``bn_gamma``      |gamma| of the BatchNorms the channel passes through (network slimming): the
+                  one after each producer (ResNet v1), after the residual add (v2), after each
+                  later Concat (DenseNet), summed. MXNet's BatchNorm defaults to
+                  ``fix_gamma=True``, which treats gamma as 1 whatever is stored: then (or
+                  without a BatchNorm on every channel) |gamma| ranks nothing, and the segment
                   falls back to ``l1``, with a note in the report.
 
 How many (``ratio`` R in [0, 1)): ``scope="layer"`` zeroes ``round(R * n)`` of each segment's
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphopt.errors import PruneError
-from graphopt.ir.graph import Graph, Tensor
+from graphopt.ir.graph import Graph
 from graphopt.prune.coupling import ChannelGroup, Producer, channel_groups
 from graphopt.prune.layers import (LayerSelection, PrunableLayer, output_filters, select_layers,
                                    zero_output_channels)
@@ -106,30 +108,41 @@ def _filter_norms(graph: Graph, producer: Producer, order: int) -> dict[int, flo
     return {channel: float(norms[i]) for i, channel in enumerate(producer.channels)}
 
 
-def _batchnorm_gamma(graph: Graph, group: ChannelGroup, producer: Producer
-                     ) -> tuple[np.ndarray | None, str]:
-    """|gamma| of the BatchNorm reading the producer's output, or (None, why not)."""
-    for through in group.throughs:
-        if through.op == "BatchNorm" and through.inputs == [Tensor(producer.node, 0)]:
-            node = graph.node(through.node)
-            if attr_or_default("BatchNorm", node.attrs, "fix_gamma"):
-                return None, (f"BatchNorm {node.name!r} has fix_gamma=True (MXNet's default): "
-                              f"gamma is treated as 1, so |gamma| ranks nothing")
-            return np.abs(graph.params[through.params[0][0]]).astype(np.float64), ""
-    return None, f"no BatchNorm right after {producer.node!r}"
+def _gamma_scores(graph: Graph, segment: Segment) -> tuple[np.ndarray | None, str]:
+    """Per segment channel, the sum of |gamma| over every BatchNorm it passes through (right
+    after its conv in ResNet v1, after the residual add in v2, after each later Concat in
+    DenseNet); or (None, why |gamma| cannot rank them)."""
+    position = {channel: i for i, channel in enumerate(segment.channels)}
+    totals = np.zeros(len(segment.channels))
+    covered = np.zeros(len(segment.channels), dtype=bool)
+    for through in segment.group.throughs:
+        if through.op != "BatchNorm":
+            continue
+        channels = segment.group.tensors.get(through.inputs[0], ())
+        hits = [(p, position[c]) for p, c in enumerate(channels) if c in position]
+        if not hits:
+            continue
+        node = graph.node(through.node)
+        if attr_or_default("BatchNorm", node.attrs, "fix_gamma"):
+            return None, (f"BatchNorm {node.name!r} has fix_gamma=True (MXNet's default): "
+                          f"gamma is treated as 1, so |gamma| ranks nothing")
+        gamma = np.abs(graph.params[through.params[0][0]]).astype(np.float64)
+        for p, i in hits:
+            totals[i] += gamma[p]
+            covered[i] = True
+    if not covered.any():
+        return None, "its channels pass through no BatchNorm"
+    if not covered.all():
+        return None, f"{int((~covered).sum())} of its channels pass through no BatchNorm"
+    return totals, ""
 
 
 def _score(graph: Graph, segment: Segment, criterion: str, notes: list[str]) -> np.ndarray:
     if criterion == "bn_gamma":
-        totals = np.zeros(len(segment.channels))
-        for producer in segment.producers:
-            gamma, why = _batchnorm_gamma(graph, segment.group, producer)
-            if gamma is None:
-                notes.append(f"{', '.join(segment.names)}: ranked by L1 norm instead of "
-                             f"|gamma|: {why}")
-                return _score(graph, segment, "l1", notes)
-            by_channel = dict(zip(producer.channels, gamma))
-            totals += [by_channel[c] for c in segment.channels]
+        totals, why = _gamma_scores(graph, segment)
+        if totals is None:
+            notes.append(f"{', '.join(segment.names)}: ranked by L1 norm instead of |gamma|: {why}")
+            return _score(graph, segment, "l1", notes)
         return totals
     order = 1 if criterion == "l1" else 2
     totals = np.zeros(len(segment.channels))
