@@ -31,7 +31,7 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.mxnet_io.symbol_json import format_attrs
-from graphopt.prune.coupling import ChannelGroup, Producer, Through
+from graphopt.prune.coupling import ChannelGroup, Producer, Through, bias_of
 from graphopt.schema import attr_or_default
 
 MULTIPLY_OPS = {"elemwise_mul", "broadcast_mul", "_mul_scalar"}
@@ -75,7 +75,7 @@ def producer_constants(graph: Graph, producer: Producer) -> np.ndarray:
         zero = np.concatenate([_rows_zero(np.moveaxis(block, 1, 0)) for block in blocks])
     else:
         zero = _rows_zero(weight)
-    bias = _bias(graph, producer.bias, len(zero))
+    bias = _bias(graph, bias_of(graph, producer.node), len(zero))
     return np.where(zero, bias, np.nan)
 
 
@@ -87,7 +87,7 @@ def _depthwise(graph: Graph, producer: Producer, data: np.ndarray) -> np.ndarray
     weight = graph.params[producer.weight].astype(np.float64)
     out_channels = weight.shape[0]
     multiplier = out_channels // len(data)
-    bias = _bias(graph, producer.bias, out_channels)
+    bias = _bias(graph, bias_of(graph, producer.node), out_channels)
     incoming = np.repeat(data, multiplier)
     sums = weight.reshape(out_channels, -1).sum(axis=1)
     usable = np.isfinite(incoming) & ((incoming == 0) | _pads_nothing(graph, producer.node))
@@ -130,6 +130,9 @@ def _elementwise(graph: Graph, group: ChannelGroup, through: Through,
     otherwise = np.where(zero, 0.0, np.nan) if multiply else np.full(channels, np.nan)
     if not known.any():
         return otherwise
+    if len(arrays) == 1 and (node.op == "relu" or (node.op == "Activation" and _attr(
+            graph, through.node, "act_type") == "relu")):   # the common case, without MXNet
+        return np.where(known, np.maximum(arrays[0].reshape(-1), 0.0), otherwise)
     try:
         result = _mxnet_function(node.op)(*[mx.nd.array(a, dtype="float32") for a in arrays],
                                           **format_attrs(node))

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphopt.ir.graph import Graph, Node, Tensor
+from graphopt.rewrite.match import inputs_in_slot_order, readers
 from graphopt.schema import attr_or_default, mxnet_schema
 
 PRODUCER_OPS = ("Convolution", "Deconvolution", "FullyConnected")
@@ -224,6 +225,34 @@ def refusal(graph: Graph, node: str) -> str | None:
     """Why the analysis did not follow op ``node`` (None if it did, or never met it)."""
     channel_groups(graph)
     return graph.derived.get("channel_refusals", {}).get(node)
+
+
+def bias_of(graph: Graph, node: str) -> str | None:
+    """The bias parameter ``node`` reads now (slot 2), or None. Plans read it from the graph,
+    not from a group's description: dropping a neighbouring group may give the node one."""
+    tensor = graph.input_of(node, 2)
+    return None if tensor is None or tensor.node not in graph.params else tensor.node
+
+
+def signature(graph: Graph, group: ChannelGroup) -> tuple:
+    """What a group's description rests on besides parameter values: its tensors' shapes and
+    readers, its producers' output shapes, its throughs' inputs, its consumers' data inputs.
+    Equal signatures: the description still holds (values are read at plan time). Dropping a
+    group changes its own signature only (a consumer's output belongs to another group)."""
+    nodes = graph.nx
+
+    def shapes(name: str):
+        return tuple(t.shape for t in graph.node(name).outputs) if name in nodes else None
+
+    tensors = tuple((t, graph.tensor_type(t).shape if t.node in nodes else None,
+                     frozenset(readers(graph, t)) if t.node in nodes else None)
+                    for t in list(group.tensors) + list(group.flat_tensors))
+    producers = tuple((p.node, shapes(p.node)) for p in group.producers)
+    throughs = tuple((t.node, tuple(inputs_in_slot_order(graph, t.node)) if t.node in nodes
+                      else None, shapes(t.node)) for t in group.throughs)
+    consumers = tuple((c.node, graph.input_of(c.node, 0) if c.node in nodes else None)
+                      for c in group.consumers)
+    return tensors, producers, throughs, consumers, tuple(graph.outputs)
 
 
 def group_of(graph: Graph, node: str) -> ChannelGroup | None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.prune.constants import channel_constants
-from graphopt.prune.coupling import ChannelGroup, Consumer, channel_groups
+from graphopt.prune.coupling import ChannelGroup, Consumer, bias_of, channel_groups
 from graphopt.rewrite.edits import GraphChanges
 from graphopt.rewrite.report import Report
 from graphopt.schema import attr_or_default
@@ -251,8 +251,9 @@ def _drop_outputs(graph: Graph, arrays: _Arrays, attrs: list, producer, keep: li
             axis=0))
     else:
         arrays.set(producer.weight, np.take(weight, keep, axis=0))
-    if producer.bias is not None:
-        arrays.set(producer.bias, np.take(arrays.get(producer.bias), keep, axis=0))
+    bias = bias_of(graph, producer.node)
+    if bias is not None:
+        arrays.set(bias, np.take(arrays.get(bias), keep, axis=0))
     key = "num_hidden" if producer.op == "FullyConnected" else "num_filter"
     attrs.append((producer.node, key, len(keep)))
 
@@ -291,7 +292,7 @@ def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[in
         by_channel = weight.reshape(weight.shape[0], len(consumer.channels), consumer.spatial)
         folding = [p for p in gone if constants[p] != 0]
         if folding:
-            bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+            bias = arrays.bias(consumer.node, bias_of(graph, consumer.node), weight.shape[0])
             bias += np.take(by_channel, folding, axis=1).sum(axis=2, dtype=np.float64) @ constants[folding]
         arrays.set(consumer.weight, np.take(by_channel, keep, axis=1).reshape(weight.shape[0], -1))
         return
@@ -301,7 +302,7 @@ def _drop_inputs(graph: Graph, arrays: _Arrays, consumer: Consumer, drop: set[in
     folding = [p for p in gone if constants[p] != 0]
     if folding:
         sums = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2, dtype=np.float64)
-        bias = arrays.bias(consumer.node, consumer.bias, weight.shape[0])
+        bias = arrays.bias(consumer.node, bias_of(graph, consumer.node), weight.shape[0])
         for p in folding:   # b[o] += c_p * sum(W[o, p]) for the outputs o of p's conv group
             j, r = divmod(p, per_in)
             bias[j * per_out:(j + 1) * per_out] += constants[p] * sums[j * per_out:(j + 1) * per_out, r]
