@@ -305,3 +305,63 @@ def test_a_coupling_the_analysis_cannot_follow_leaves_the_layer_alone_and_says_w
         (actual,) = run_mxnet(smaller, data).values()
         np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-6)
         assert smaller.params["c0_weight"].shape[0] == 4
+
+
+def seeded_model(symbol, tmp_path, name, data_shape):
+    rng = np.random.RandomState(0)
+
+    def value(_kind, param, shape):
+        if param.endswith("var"):
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return rng.normal(0, 0.5, shape).astype(np.float32)
+    symbol_path, params_path = save_symbol(symbol, tmp_path / name, {"data": data_shape}, value)
+    return graphopt.load(symbol_path, params_path, inputs={"data": data_shape})
+
+
+def test_a_grouped_deconvolution_loses_equally_many_filters_per_group(tmp_path):
+    # Deconvolution's weight is (C_in, C_out/g, kh, kw): output channel gi*C_out/g + j is
+    # W[gi*C_in/g:(gi+1)*C_in/g, j] (PITFALLS.md, BatchNorm fold targets)
+    sym = mx.sym
+    x = sym.relu(sym.Convolution(sym.var("data"), num_filter=8, kernel=(3, 3), pad=(1, 1),
+                                 name="c0"))
+    x = sym.Deconvolution(x, num_filter=8, num_group=2, kernel=(4, 4), stride=(2, 2),
+                          pad=(1, 1), no_bias=False, name="up")
+    x = sym.Convolution(sym.relu(sym.BatchNorm(x, fix_gamma=False, name="bn")), num_filter=4,
+                        kernel=(3, 3), pad=(1, 1), name="c1")
+    x = sym.Pooling(x, global_pool=True, kernel=(1, 1), pool_type="avg")
+    graph = seeded_model(sym.FullyConnected(sym.Flatten(x), num_hidden=3, name="fc"), tmp_path,
+                         "deconv", (1, 2, 6, 6))
+    masked, report = graphopt.prune(graph, method="filters", ratio=0.5, measure_storage=False)
+    weight = masked.params["up_weight"]  # (8, 4, 4, 4): 2 groups of 4 input channels
+    zeroed = [[j for j in range(4) if not np.any(weight[g * 4:(g + 1) * 4, j])] for g in (0, 1)]
+    assert [len(z) for z in zeroed] == [2, 2]
+    l1 = np.abs(graph.params["up_weight"]).reshape(2, 4, 4, -1).sum(axis=(1, 3))  # (group, j)
+    assert zeroed == [sorted(np.argsort(l1[g], kind="stable")[:2].tolist()) for g in (0, 1)]
+    assert not np.any(masked.params["up_bias"][[g * 4 + j for g in (0, 1) for j in zeroed[g]]])
+    if DROP_AVAILABLE:
+        smaller, _ = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
+                                    measure_storage=False)
+        assert smaller.params["up_weight"].shape == (4, 2, 4, 4)
+        data = {"data": np.random.RandomState(1).uniform(-1, 1, (2, 2, 6, 6)).astype(np.float32)}
+        (reference,) = run_mxnet(masked, data).values()
+        (actual,) = run_mxnet(smaller, data).values()
+        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_bn_gamma_after_a_residual_add_ranks_a_pre_activation_trunk(tmp_path):
+    # ResNet v2: BN-relu-conv inside the block, the trunk's BatchNorms read the sums, so no
+    # BatchNorm comes right after a conv; every BatchNorm a channel passes through counts
+    sym = mx.sym
+    stem = sym.Convolution(sym.var("data"), num_filter=8, kernel=(3, 3), pad=(1, 1), name="c0")
+    inner = sym.relu(sym.BatchNorm(stem, fix_gamma=False, name="bn_block"))
+    trunk = stem + sym.Convolution(inner, num_filter=8, kernel=(3, 3), pad=(1, 1), name="c1")
+    x = sym.relu(sym.BatchNorm(trunk, fix_gamma=False, name="bn_out"))
+    x = sym.Pooling(x, global_pool=True, kernel=(1, 1), pool_type="avg")
+    graph = seeded_model(sym.FullyConnected(sym.Flatten(x), num_hidden=3, name="fc"), tmp_path,
+                         "preact", (1, 2, 6, 6))
+    masked, report = graphopt.prune(graph, method="filters", ratio=0.5, criterion="bn_gamma",
+                                    measure_storage=False)
+    assert report.notes == []
+    gamma = np.abs(graph.params["bn_block_gamma"]) + np.abs(graph.params["bn_out_gamma"])
+    expected = set(np.argsort(gamma, kind="stable")[:4])
+    assert zeroed_channels(masked, "c0") == zeroed_channels(masked, "c1") == expected
