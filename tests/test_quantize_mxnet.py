@@ -215,3 +215,32 @@ def test_mxnet_int8_agrees_with_the_onnx_int8_model(fixture, digits, request):
           f"ONNX int8 vs float {sqnr(result['reference'], onnx_logits):.1f} dB")
     assert agreement >= 0.99  # at most 3 of 359 images, each near a tie
     assert between >= 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, min_sqnr", [
+    # random He-init weights on normal images; measured with 4 calibration images: resnet18_v1
+    # 24 dB, squeezenet1.0 33 dB, mobilenet0.25 14 dB (depthwise convs and per-tensor
+    # activations: the ONNX QDQ model measures the same on mobilenets). The floors guard the
+    # emission, not the calibration.
+    ("resnet18_v1", 18.0), ("squeezenet1.0", 25.0), ("mobilenet0.25", 10.0),
+])
+def test_zoo_models_run_in_int8_in_mxnet(name, min_sqnr, tmp_path):
+    from fixtures import zoo
+    symbol_path, params_path, shape = zoo.export_zoo_model(name)
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
+    rng = np.random.RandomState(0)
+    calibration_images = rng.randn(4, *shape[1:]).astype(np.float32)
+    heldout = rng.randn(2, *shape[1:]).astype(np.float32)
+    with pytest.warns(UserWarning, match="4 samples"):  # few samples: fine for this check
+        calibration = calibrate(graph, calibration_images, method="minmax")
+    qgraph, report = to_mxnet_int8(graph, calibration)
+    assert not report.float, report.format()  # every zoo op has an int8 kernel, or is removed
+    assert {layer.op for layer in report.removed} <= {"Dropout"}
+    saved_symbol, saved_params = graphopt.save_mxnet(qgraph, tmp_path / name)
+    net = mx.gluon.SymbolBlock.imports(str(saved_symbol), ["data"], str(saved_params))
+    quantized = net(mx.nd.array(heldout)).asnumpy()
+    reference = run_mxnet(graph, {"data": heldout})[graph.output_names[0]]
+    assert sqnr(reference, quantized) >= min_sqnr
+    assert any(n["op"] == "_sg_mkldnn_conv" and n["attrs"].get("quantized") == "true"
+               for n in _saved_nodes(saved_symbol))
