@@ -365,3 +365,22 @@ def test_bn_gamma_after_a_residual_add_ranks_a_pre_activation_trunk(tmp_path):
     gamma = np.abs(graph.params["bn_block_gamma"]) + np.abs(graph.params["bn_out_gamma"])
     expected = set(np.argsort(gamma, kind="stable")[:4])
     assert zeroed_channels(masked, "c0") == zeroed_channels(masked, "c1") == expected
+
+
+def test_pinned_channels_of_a_segment_are_never_zeroed(tmp_path):
+    # channels 0-3 of c0 also go through a transpose the coupling cannot follow: they are
+    # pinned, so at 75% only the other 4 of the 6 asked can be zeroed, and a note says so
+    sym = mx.sym
+    features = sym.relu(sym.Convolution(sym.var("data"), num_filter=8, kernel=(3, 3), name="c0"))
+    side = sym.transpose(sym.slice_axis(features, axis=1, begin=0, end=4), axes=(0, 2, 3, 1),
+                         name="nhwc")
+    main_path = sym.Pooling(sym.Convolution(features, num_filter=8, kernel=(3, 3), name="c1"),
+                            global_pool=True, kernel=(1, 1), pool_type="avg")
+    out = sym.FullyConnected(side, num_hidden=3, name="fc_side") + \
+        sym.FullyConnected(sym.Flatten(main_path), num_hidden=3, name="fc_main")
+    graph = seeded_model(out, tmp_path, "pinned", (1, 2, 9, 9))
+    pruned, report = graphopt.prune(graph, method="filters", ratio=0.75, measure_storage=False,
+                                    layers="c0")
+    assert zeroed_channels(pruned, "c0") == {4, 5, 6, 7}
+    assert report.notes == ["c0: 4 of the 6 channels asked zeroed (pinned channels, or equal "
+                            "drops per block)"]

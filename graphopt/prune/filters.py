@@ -189,21 +189,28 @@ def _blocks(segment: Segment) -> list[list[int]] | str:
     return blocks
 
 
-def _choose(segment: Segment, count: int) -> list[int] | str:
+def _choose(segment: Segment, count: int, notes: list[str]) -> list[int] | str:
     """The positions to zero: the ``count`` lowest scores among the free ones, taken equally
-    from every block; or why the segment cannot be pruned."""
+    from every block (fewer if pinned channels leave fewer, with a note); or why the segment
+    cannot be pruned at all."""
     blocks = _blocks(segment)
     if isinstance(blocks, str):
         return blocks
     free = set(segment.free)
-    per_block = count // len(blocks)
+    candidates = [[p for p in block if p in free] for block in blocks]
+    per_block = min([count // len(blocks)] + [len(c) for c in candidates]
+                    + [len(block) - 1 for block in blocks])
+    if per_block == 0:
+        if count < len(blocks):
+            return (f"{count} channel(s) to zero, but each of {len(blocks)} blocks (conv groups, "
+                    f"SliceChannel parts) must lose as many")
+        return "pinned channels leave none to zero"
+    if per_block * len(blocks) < count:
+        notes.append(f"{', '.join(segment.names)}: {per_block * len(blocks)} of the {count} "
+                     f"channels asked zeroed (pinned channels, or equal drops per block)")
     chosen = []
-    for block in blocks:
-        candidates = [p for p in block if p in free]
-        if len(candidates) < per_block or per_block >= len(block):
-            return "pinned channels leave too few to prune equally in every block"
-        order = sorted(candidates, key=lambda p: (segment.scores[p], p))
-        chosen += order[:per_block]
+    for block in candidates:
+        chosen += sorted(block, key=lambda p: (segment.scores[p], p))[:per_block]
     return sorted(chosen)
 
 
@@ -328,7 +335,7 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
     for segment in segments:
         if segment.prune_count == 0:
             continue
-        positions = _choose(segment, segment.prune_count)
+        positions = _choose(segment, segment.prune_count, notes)
         if isinstance(positions, str):
             skipped.append({"layers": segment.names, "reason": positions})
             continue
