@@ -102,10 +102,14 @@ def _segments(groups: list[ChannelGroup]) -> list[Segment]:
 # --- scores ----------------------------------------------------------------------------------------
 
 def _filter_norms(graph: Graph, producer: Producer, order: int) -> dict[int, float]:
-    """Group channel -> norm of the producer's filter that makes it."""
+    """Group channel -> norm of the producer's filters that make it (summed when two of its
+    filters make one channel: halves of its output added together)."""
     filters = output_filters(graph.params[producer.weight], producer.op, producer.num_group)
     norms = np.linalg.norm(filters.astype(np.float64), ord=order, axis=1)
-    return {channel: float(norms[i]) for i, channel in enumerate(producer.channels)}
+    by_channel: dict[int, float] = {}
+    for i, channel in enumerate(producer.channels):
+        by_channel[channel] = by_channel.get(channel, 0.0) + float(norms[i])
+    return by_channel
 
 
 def _gamma_scores(graph: Graph, segment: Segment) -> tuple[np.ndarray | None, str]:
