@@ -214,7 +214,9 @@ def predict(model: onnx.ModelProto) -> list[FusionGroup]:
         predicted, reason = _predict_node(m, node)
         readers = m.readers.get(node.output[0], [])
         quantizes = [r for r in readers if r.op_type == "QuantizeLinear"]
-        output = quantizes[0].output[0] if quantizes and len(quantizes) == len(readers) \
+        # a fused group writes its quantize's output; a float one still writes its own
+        fused = predicted != node.op_type
+        output = quantizes[0].output[0] if fused and quantizes and len(quantizes) == len(readers) \
             else node.output[0]
         groups.append(FusionGroup(node.name, node.op_type, output, predicted, reason))
     return groups

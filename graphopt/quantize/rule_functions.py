@@ -41,7 +41,8 @@ QUANTIZABLE_OPS: dict[str, tuple[int, ...] | None] = {
 WEIGHTED_OPS = ("Convolution", "FullyConnected", "Deconvolution")
 # ops whose output holds values of their input only (re-arranged or selected): the output is
 # quantized with the input's scale and zero point
-REARRANGING_OPS = ("Flatten", "Reshape", "transpose", "squeeze", "expand_dims", "SwapAxis")
+REARRANGING_OPS = ("Flatten", "Reshape", "transpose", "squeeze", "expand_dims", "SwapAxis",
+                   "slice_axis")
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,30 @@ def _rearranges(node) -> bool:
 
 
 def _has_qparams(graph, tensor) -> bool:
-    """A scale and zero point can be given to ``tensor``: it is dequantized, calibrated, or a
-    re-arrangement of such a tensor."""
+    """A scale and zero point can be given to ``tensor``: it is dequantized, calibrated, a
+    re-arrangement (or a ``div_sqrt_dim``) of such a tensor, or re-arranged into one."""
     node = graph.node(tensor.node)
     if is_dequantize(node) or graph.tensor_name(tensor) in options().calibration.names:
         return True
-    return _rearranges(node) and _has_qparams(graph, inputs_in_slot_order(graph, node.name)[0])
+    if (_rearranges(node) or node.op == "_contrib_div_sqrt_dim") and \
+            _has_qparams(graph, inputs_in_slot_order(graph, node.name)[0]):
+        return True
+    return _rearranged_into(graph, tensor) is not None
+
+
+def _rearranged_into(graph, tensor):
+    """The calibrated tensor that ``tensor`` becomes through a chain of re-arranging ops, each
+    its only reader (the values, hence the range, are the same), or None."""
+    from graphopt.ir.graph import Tensor
+    names = options().calibration.names
+    while not graph.is_output(tensor):
+        readers = graph.consumers(tensor)
+        if len(readers) != 1 or not _rearranges(graph.node(readers[0][0])):
+            return None
+        tensor = Tensor(readers[0][0], 0)
+        if graph.tensor_name(tensor) in names:
+            return tensor
+    return None
 
 
 # --- guards ------------------------------------------------------------------------------------
@@ -223,11 +242,19 @@ def tensor_qparams(tensor: Ref) -> tuple[np.ndarray, np.ndarray]:
     settings = options()
     if is_dequantize(node):
         return _dequantize_params(tensor, node.name)
-    if _rearranges(node):
+    if _rearranges(node) or node.op == "_contrib_div_sqrt_dim":
         source = inputs_in_slot_order(graph, node.name)[0]
         if _has_qparams(graph, source):
-            return tensor_qparams(Ref(graph, f"{tensor.binding}_source", source))
+            scale, zero_point = tensor_qparams(Ref(graph, f"{tensor.binding}_source", source))
+            if node.op == "_contrib_div_sqrt_dim":   # the same grid, divided: exact
+                depth = graph.tensor_type(source).shape[-1]
+                scale = (scale / np.sqrt(np.float32(depth))).astype(np.float32)
+            return scale, zero_point
     name = graph.tensor_name(tensor.tensor)
+    if name not in settings.calibration.names:
+        target = _rearranged_into(graph, tensor.tensor)
+        if target is not None:
+            name = graph.tensor_name(target)
     lo, hi = settings.calibration.range(name, symmetric=settings.activations == "int8")
     return qparams.activation_qparams(lo, hi, settings.activations, name)
 
@@ -299,3 +326,37 @@ def transposed_int8_weight(weight: Ref):
     scale per output column (per tensor if the settings say so), zero points 0."""
     q, scale, zero_point = qparams.quantize_weight(weight.value, 0 if options().per_channel else None)
     return np.ascontiguousarray(q.T), scale, zero_point
+
+
+# --- attention -----------------------------------------------------------------------------------
+
+@register_guard
+def lower_attention(layer: Ref) -> str | None:
+    """Static quantization is asked for and the interleaved attention op is to run in int8: it
+    is written out as MXNet's own reshapes and ``batch_dot`` (its documented definition), whose
+    ONNX form onnxruntime fuses into QLinearMatMul."""
+    try:
+        settings = options()
+    except NoRewrite as reason:
+        return str(reason)
+    if settings.mode != "static":
+        return "dynamic quantization quantizes FullyConnected weights only"
+    if layer.name in settings.excluded:
+        return f"{layer.name} is excluded from quantization"
+    graph = layer.graph
+    for tensor in [*inputs_in_slot_order(graph, layer.name), layer.tensor]:
+        if not _has_qparams(graph, tensor):
+            return f"{graph.tensor_name(tensor)!r} was not calibrated"
+    return None
+
+
+@register_function(returns="shape")
+def interleaved_heads_shape(layer: Ref, parts: int) -> tuple:
+    """(T, B, heads * parts * D) -> (T, B, heads, parts, D): Reshape codes (0, 0, heads, parts, -1)."""
+    return (0, 0, int(layer.attr("heads")), int(parts), -1)
+
+
+@register_function(returns="shape")
+def batch_heads_shape(layer: Ref) -> tuple:
+    """(B * heads, T, D) -> (B, heads, T, D): Reshape codes (-1, heads, 0, 0) read from the right."""
+    return (-1, int(layer.attr("heads")), 0, 0)

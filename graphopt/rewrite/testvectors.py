@@ -47,6 +47,8 @@ class VectorResult:
 
 def _mxnet_op(op: str):
     function = getattr(mx.sym, op, None) or getattr(mx.sym._internal, op, None)
+    if function is None and op.startswith("_contrib_"):
+        function = getattr(mx.sym.contrib, op[len("_contrib_"):], None)
     if function is None:
         raise ValueError(f"mxnet.sym has no function for op {op!r}")
     return function
