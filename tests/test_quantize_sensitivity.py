@@ -131,3 +131,20 @@ def test_the_figures():
     error = output_error(reference, [np.array([[4.0, 3.0]])], labels=np.array([1]))
     assert error.top1_agreement == 0.0 and error.accuracy == 0.0
     assert error.relative_error == pytest.approx(0.25)
+
+
+def test_mxnet_int8_ranks_the_outlier_layer_first_and_falls_back_on_it(fragile, digits):
+    """The same analysis on MXNet's int8 model (emit="mxnet"): the layers are MXNet's int8
+    units (a conv with its fused ReLU), run in MXNet's oneDNN kernels."""
+    graph, calibration = fragile
+    _, _, x_test, _ = digits
+    ranking = sensitivity(graph, calibration, x_test[:MEASURE_SAMPLES], emit="mxnet")
+    print(format_sensitivity(ranking))
+    assert ranking[0].layer == "lenet_dense0_fwd" and ranking[0].sqnr < 10
+    assert {item.layer for item in ranking} >= {"lenet_conv0_fwd", "lenet_conv1_fwd",
+                                                "lenet_dense1_fwd"}
+    result = fallback_until(graph, calibration, x_test, min_sqnr=35.0, emit="mxnet",
+                            ranking=ranking)
+    assert result.met and result.excluded == ["lenet_dense0_fwd"]
+    assert result.report.precision_of("lenet_dense0_fwd") == "float"
+    assert result.report.precision_of("lenet_conv1_fwd") == "int8"

@@ -19,7 +19,10 @@ inputs, in the same runtime:
 
 The runtime is onnxruntime (the QDQ graph exported by :func:`graphopt.to_onnx`, where single
 quantized layers run as QLinearConv/QLinearMatMul) or MXNet (the QDQ graph's Custom ops, a float
-simulation with the same quantize/dequantize arithmetic).
+simulation with the same quantize/dequantize arithmetic). With ``emit="mxnet"`` the model
+measured is MXNet's own int8 model (:func:`graphopt.quantize.to_mxnet_int8`, oneDNN kernels),
+whose error differs from the QDQ model's (see the README), so a budget meant for MXNet is
+checked on MXNet.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from graphopt._progress import progress
 from graphopt.compare import relative_error
 from graphopt.errors import DataError
 from graphopt.ir.graph import Graph
-from graphopt.quantize.qdq import QuantizeReport, quantize, resolve_exclusions
+from graphopt.quantize.qdq import quantize, resolve_exclusions
+from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 RUNTIMES = ("onnxruntime", "mxnet")
+EMITTERS = ("qdq", "mxnet")
 
 
 @dataclass
@@ -116,29 +121,57 @@ def _inputs(graph: Graph, data) -> dict[str, np.ndarray]:
     return inputs
 
 
+def _quantizer(emit: str, activations: str, per_channel: bool
+               ) -> Callable[[Graph, Any, list[str]], tuple[Graph, Any]]:
+    """``(graph, calibration, exclude) -> (quantized graph, report)`` for the emitter ``emit``."""
+    if emit == "qdq":
+        return lambda graph, calibration, exclude: quantize(
+            graph, calibration, exclude=exclude, activations=activations, per_channel=per_channel)
+    if emit == "mxnet":
+        from graphopt.quantize.mxnet_int8 import to_mxnet_int8
+        return lambda graph, calibration, exclude: to_mxnet_int8(
+            graph, calibration, exclude=exclude,
+            granularity="channel-wise" if per_channel else "tensor-wise")
+    raise ValueError(f"emit must be one of {EMITTERS}, not {emit!r}")
+
+
+def _runtime_for(emit: str, runtime: str) -> str:
+    return "mxnet" if emit == "mxnet" else runtime  # MXNet's int8 symbol runs in MXNet only
+
+
 def quantizable_layers(graph: Graph, calibration, *, exclude: Iterable[str] = (),
-                       **options) -> list[str]:
-    """The layers that :func:`quantize` puts in int8 when every layer may be quantized, but
-    those in ``exclude``: the candidates of the sensitivity analysis, in graph order."""
-    excluded = resolve_exclusions(graph, exclude, False)
-    _, report = quantize(graph, calibration, exclude=sorted(excluded), **options)
-    return list(report.quantized)
+                       emit: str = "qdq", activations: str = "uint8",
+                       per_channel: bool = True) -> list[str]:
+    """The layers the emitter puts in int8 when every layer may be quantized, but those in
+    ``exclude``: the candidates of the sensitivity analysis, in graph order. For MXNet, a
+    layer fused into a conv's oneDNN node (its add, its pooling never: pooling is its own node)
+    is not a candidate of its own: it is int8 exactly when its conv is."""
+    excluded = sorted(resolve_exclusions(graph, exclude, False))
+    _, report = _quantizer(emit, activations, per_channel)(graph, calibration, excluded)
+    if emit == "qdq":
+        return list(report.quantized)
+    weighted_nodes = {layer.mxnet_node for layer in report.int8 if layer.op in WEIGHTED_OPS}
+    return [layer.node for layer in report.int8 if layer.op in QUANTIZABLE_OPS
+            and (layer.op in WEIGHTED_OPS or layer.mxnet_node not in weighted_nodes)]
 
 
 def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None = None,
-                exclude: Iterable[str] = (), runtime: str = "onnxruntime",
+                exclude: Iterable[str] = (), runtime: str = "onnxruntime", emit: str = "qdq",
                 activations: str = "uint8", per_channel: bool = True) -> list[LayerSensitivity]:
     """One :class:`LayerSensitivity` per layer, the most sensitive (lowest SQNR) first.
 
     ``data``: an array for a single-input graph, or ``{input name: array}``; a few batches'
     worth is enough (the ranking, not the absolute figures, is what matters). ``layers``: the
-    layers to measure (default: every layer :func:`quantize` would quantize, but ``exclude``).
-    ``activations``/``per_channel`` as :func:`quantize`. One quantized run per layer.
+    layers to measure (default: :func:`quantizable_layers`, but ``exclude``). ``emit``:
+    ``"qdq"`` (:func:`graphopt.quantize.quantize`, run in ``runtime``) or ``"mxnet"``
+    (:func:`graphopt.quantize.to_mxnet_int8`, run in MXNet). ``activations``/``per_channel``
+    as :func:`quantize`. One quantized run per layer.
     """
     inputs = _inputs(graph, data)
-    run = _Runner(inputs, runtime)
-    options = dict(activations=activations, per_channel=per_channel)
-    candidates = quantizable_layers(graph, calibration, exclude=exclude, **options)
+    run = _Runner(inputs, _runtime_for(emit, runtime))
+    quantizer = _quantizer(emit, activations, per_channel)
+    candidates = quantizable_layers(graph, calibration, exclude=exclude, emit=emit,
+                                    activations=activations, per_channel=per_channel)
     chosen = candidates if layers is None else list(layers)
     unknown = [name for name in chosen if name not in candidates]
     if unknown:
@@ -148,7 +181,7 @@ def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None
     results = []
     for layer in progress(chosen, desc="sensitivity", unit="layer"):
         others = [name for name in candidates if name != layer] + list(exclude)
-        qgraph, report = quantize(graph, calibration, exclude=others, **options)
+        qgraph, _ = quantizer(graph, calibration, others)
         error = output_error(reference, run(qgraph))
         results.append(LayerSensitivity(layer, graph.node(layer).op, error.sqnr,
                                         error.relative_error, error.top1_agreement))
@@ -169,10 +202,10 @@ def format_sensitivity(ranking: Sequence[LayerSensitivity]) -> str:
 
 @dataclass
 class FallbackResult:
-    """The QDQ graph that met the budget (or the last tried), the layers kept in float (most
+    """The quantized graph that met the budget (or the last tried), the layers kept in float (most
     sensitive first), and every step's measured error (``steps[k]``: with ``k`` layers in float)."""
     graph: Graph
-    report: QuantizeReport
+    report: Any             # QuantizeReport (emit "qdq") or Int8Report (emit "mxnet")
     excluded: list[str]
     met: bool
     steps: list[OutputError] = field(default_factory=list)
@@ -181,7 +214,7 @@ class FallbackResult:
 
 def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = None,
                    max_accuracy_drop: float | None = None, labels: np.ndarray | None = None,
-                   exclude: Iterable[str] = (), runtime: str = "onnxruntime",
+                   exclude: Iterable[str] = (), runtime: str = "onnxruntime", emit: str = "qdq",
                    activations: str = "uint8", per_channel: bool = True,
                    ranking: Sequence[LayerSensitivity] | None = None) -> FallbackResult:
     """Quantize everything, then keep the most sensitive layers in float one at a time (in the
@@ -189,17 +222,18 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
     at least ``min_sqnr`` dB and/or top-1 accuracy on ``labels`` at most ``max_accuracy_drop``
     (a fraction: 0.005 is half a point) below float's. ``met`` is False if even the last
     step (every ranked layer in float) misses it. ``ranking`` reuses a computed sensitivity.
+    ``emit="mxnet"`` measures (and returns) MXNet's int8 model, with its Int8Report.
     """
     if min_sqnr is None and max_accuracy_drop is None:
         raise ValueError("give a budget: min_sqnr and/or max_accuracy_drop")
     if max_accuracy_drop is not None and labels is None:
         raise ValueError("max_accuracy_drop needs the labels of the data")
     inputs = _inputs(graph, data)
-    run = _Runner(inputs, runtime)
-    options = dict(activations=activations, per_channel=per_channel)
+    run = _Runner(inputs, _runtime_for(emit, runtime))
+    quantizer = _quantizer(emit, activations, per_channel)
     if ranking is None:
         ranking = sensitivity(graph, calibration, inputs, exclude=exclude, runtime=runtime,
-                              **options)
+                              emit=emit, activations=activations, per_channel=per_channel)
     reference = run(graph)
     float_accuracy = None
     if labels is not None:
@@ -214,7 +248,7 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
     steps: list[OutputError] = []
     order = [item.layer for item in ranking]
     while True:
-        qgraph, report = quantize(graph, calibration, exclude=excluded + list(exclude), **options)
+        qgraph, report = quantizer(graph, calibration, excluded + list(exclude))
         error = output_error(reference, run(qgraph), None if labels is None else np.asarray(labels))
         steps.append(error)
         if holds(error) or len(excluded) == len(order):
