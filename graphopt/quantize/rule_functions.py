@@ -357,6 +357,12 @@ def interleaved_heads_shape(layer: Ref, parts: int) -> tuple:
 
 
 @register_function(returns="shape")
+def split_heads_shape(layer: Ref) -> tuple:
+    """(T, B, heads * D) -> (T, B, heads, D): Reshape codes (0, 0, heads, -1)."""
+    return (0, 0, int(layer.attr("heads")), -1)
+
+
+@register_function(returns="shape")
 def batch_heads_shape(layer: Ref) -> tuple:
     """(B * heads, T, D) -> (B, heads, T, D): Reshape codes (-1, heads, 0, 0) read from the right."""
     return (-1, int(layer.attr("heads")), 0, 0)
