@@ -275,6 +275,15 @@ def test_grouped_convolutions_lose_equally_many_channels_per_group():
     assert_same_outputs(run_mxnet(pruned, inputs), run_mxnet(smaller, inputs), TOLERANCE, "grouped")
 
 
+def test_a_per_channel_scale_parameter_is_sliced_with_the_channels():
+    data = mx.sym.Variable("data")
+    scale = mx.sym.Variable("scale", shape=(6, 1, 1))
+    scaled = mx.sym.broadcast_mul(mx.sym.relu(conv(data, "conv", 6)), scale)
+    graph = graph_of(conv(scaled, "next", 2))
+    smaller, _ = check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
+    assert smaller.params["scale"].shape[0] == smaller.node("conv").outputs[0].shape[1] < 6
+
+
 def test_no_layer_loses_all_its_channels():
     data = mx.sym.Variable("data")
     graph = graph_of(conv(mx.sym.relu(conv(data, "conv", 4)), "next", 2))

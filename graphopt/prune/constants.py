@@ -31,7 +31,7 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.mxnet_io.symbol_json import format_attrs
-from graphopt.prune.coupling import ChannelGroup, Producer, Through, bias_of
+from graphopt.prune.coupling import ChannelGroup, Producer, Through, bias_of, reduced_axes
 from graphopt.schema import attr_or_default
 
 MULTIPLY_OPS = {"elemwise_mul", "broadcast_mul", "_mul_scalar"}
@@ -216,6 +216,11 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
             result = _batchnorm(graph, through, data)
         elif op in SPATIAL_OPS:
             result = _spatial(graph, through, data)
+        elif op in ("mean", "max", "min"):
+            result = data
+        elif op == "sum":   # of a constant over the reduced axes: the constant times their size
+            shape = graph.tensor_type(through.inputs[0]).shape
+            result = data * math.prod(shape[a] for a in reduced_axes(graph, through.node))
         else:
             result = _elementwise(graph, group, through, values, len(_channels(group, output)))
         values[output] = result

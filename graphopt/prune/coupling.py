@@ -227,6 +227,19 @@ def refusal(graph: Graph, node: str) -> str | None:
     return graph.derived.get("channel_refusals", {}).get(node)
 
 
+def reduced_axes(graph: Graph, node: str) -> set[int] | None:
+    """The input axes a mean/sum/max/min reduces (None: all of them, or not known)."""
+    n = graph.node(node)
+    shape = graph.tensor_type(graph.inputs_of(node)[0]).shape
+    axis = attr_or_default(n.op, n.attrs, "axis", None)
+    if shape is None or axis is None or axis == ():
+        return None
+    axes = {a % len(shape) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))}
+    if attr_or_default(n.op, n.attrs, "exclude", False):
+        axes = set(range(len(shape))) - axes
+    return axes
+
+
 def bias_of(graph: Graph, node: str) -> str | None:
     """The bias parameter ``node`` reads now (slot 2), or None. Plans read it from the graph,
     not from a group's description: dropping a neighbouring group may give the node one."""
@@ -370,7 +383,8 @@ class _Analysis:
             "FullyConnected": self.fully_connected, "BatchNorm": self.batchnorm,
             "Concat": self.concat, "SliceChannel": self.slice_channel,
             "slice_axis": self.slice_axis, "slice": self.slice, "Flatten": self.flatten,
-            "Reshape": self.reshape,
+            "Reshape": self.reshape, "mean": self.reduce, "sum": self.reduce,
+            "max": self.reduce, "min": self.reduce,
         }.get(op)
         if handler is None:
             if op in UNARY_ELEMENTWISE or op in BINARY_ELEMENTWISE:
@@ -593,6 +607,18 @@ class _Analysis:
                 return "it pads the batch or channel axis"
         if node.op == "UpSampling" and self.attr(node, "sample_type") != "nearest":
             return "bilinear UpSampling is a deconvolution with a weight input"
+        self.through(node, [data], self.maps[data])
+        return None
+
+    def reduce(self, node: Node) -> str | None:
+        """mean/sum/max/min over spatial axes only (a global pooling written as a reduction):
+        the channel axis stays axis 1."""
+        data = self.inputs(node)[0]
+        if data not in self.maps:
+            return None if data not in self.flat else "unknown"
+        axes = reduced_axes(self.graph, node.name)
+        if axes is None or axes & {0, 1}:
+            return "a reduction over the batch or channel axis"
         self.through(node, [data], self.maps[data])
         return None
 
