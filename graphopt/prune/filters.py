@@ -51,7 +51,7 @@ from graphopt.errors import PruneError
 from graphopt.ir.graph import Graph
 from graphopt.prune.coupling import ChannelGroup, Producer, channel_groups
 from graphopt.prune.layers import (LayerSelection, PrunableLayer, output_filters, select_layers,
-                                   zero_output_channels)
+                                   selection_setting, zero_output_channels)
 from graphopt.prune.magnitude import check_fraction, check_scope
 from graphopt.prune.report import PruneReport, build_report
 from graphopt.schema import attr_or_default
@@ -355,7 +355,7 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
                              zero_output_channels(weight, producer.op, indices, groups))
             pruned_layers.append(_layer_of(producer))
     settings = {"ratio": ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
-                "layers": layers if layers is None or isinstance(layers, str) else list(layers)}
+                "layers": selection_setting(layers)}
     unique = list({layer.name: layer for layer in pruned_layers}.values())
     report = build_report("filters", settings, graph, pruned, unique,
                           measure_storage=measure_storage)

@@ -80,6 +80,11 @@ def prunable_layers(graph: Graph) -> list[PrunableLayer]:
     return layers
 
 
+def selection_setting(layers: LayerSelection) -> str | list[str] | None:
+    """``layers`` as a report records it (JSON-able: a string, a list or None)."""
+    return layers if layers is None or isinstance(layers, str) else list(layers)
+
+
 def _terms(layers: LayerSelection) -> list[str]:
     if layers is None:
         return []

@@ -24,7 +24,7 @@ import numpy as np
 
 from graphopt.errors import PruneError
 from graphopt.ir.graph import Graph
-from graphopt.prune.layers import LayerSelection, PrunableLayer, select_layers
+from graphopt.prune.layers import LayerSelection, PrunableLayer, select_layers, selection_setting
 from graphopt.prune.report import PruneReport, build_report
 
 SCOPES = ("layer", "global")
@@ -145,7 +145,7 @@ def prune_magnitude(graph: Graph, *, threshold: float | None = None,
             float(cut.max()) if cut.size else None)
     settings = {"threshold": threshold, "sparsity": sparsity,
                 "scope": scope if sparsity is not None else None,
-                "layers": layers if layers is None or isinstance(layers, str) else list(layers)}
+                "layers": selection_setting(layers)}
     report = build_report("magnitude", settings, graph, pruned, selected, applied,
                           measure_storage=measure_storage)
     report.notes += notes
