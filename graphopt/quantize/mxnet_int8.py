@@ -34,6 +34,7 @@ MXNet's choices that stay, and that the report states:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections import Counter
@@ -44,7 +45,7 @@ from typing import Any, Iterable, Mapping
 import mxnet as mx
 from mxnet.contrib import quantization as mx_quantization
 
-from graphopt.errors import CalibrationError, DataError, GraphError
+from graphopt.errors import CalibrationError, DataError, GraphoptError
 from graphopt.ir.graph import Graph, Tensor
 
 QUANTIZED_DTYPES = ("auto", "int8", "uint8")
@@ -128,8 +129,8 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
 
     ``calibration``: a :class:`graphopt.quantize.Calibration` (anything with
     ``range(tensor_name, symmetric=...) -> (lo, hi)``) or a mapping ``{tensor name: (lo, hi)}``
-    of observed ranges, by graphopt
-    tensor name (``graph.tensor_name``: ``"data"``, ``"conv0_output"``). Every tensor MXNet
+    of observed ranges, by graphopt tensor name (``graph.tensor_name``: ``"data"``,
+    ``"conv0_output"``). Every tensor MXNet
     quantizes needs a range: a missing one is a :class:`DataError` listing them all.
     ``exclude``: names of op nodes, or op types, to keep in float (a conv excluded keeps its
     fused BatchNorm and ReLU in float too); ``exclude_first_last`` also keeps in float the
@@ -137,8 +138,8 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
     ``quantized_dtype``: MXNet's ``out_type`` for quantized tensors (``"auto"``: uint8 where the
     range starts at 0, else int8). ``granularity``: the FullyConnected weights' scales,
     ``"channel-wise"`` or ``"tensor-wise"`` (convs are per channel in MXNet 1.9.1 either way).
-    ``quantize_mode``: MXNet's
-    ``"full"`` (every op with an int8 kernel) or ``"smart"``.
+    ``quantize_mode``: MXNet's ``"full"`` (every op with an int8 kernel) or ``"smart"``.
+    MXNet refusing the graph is a :class:`GraphoptError` with MXNet's message.
 
     ``graph`` is not modified.
     """
@@ -152,20 +153,23 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
 
     excluded = _excluded_nodes(graph, exclude, exclude_first_last)
     arg_params, aux_params = _params(graph)
-    fused = to_symbol(graph).get_backend_symbol(BACKEND)
+    with _mxnet_errors("fusing the graph for int8"):
+        fused = to_symbol(graph).get_backend_symbol(BACKEND)
     fused_nodes = json.loads(fused.tojson())["nodes"]
     excluded_fused = [entry["name"] for entry in fused_nodes
                       if entry["op"] != "null" and _covered(entry, graph) & excluded.keys()]
-    qsymbol, calibrated_names = mx_quantization._quantize_symbol(
-        fused, mx.cpu(), excluded_symbols=excluded_fused, excluded_operators=[],
-        offline_params=list(arg_params), quantized_dtype=quantized_dtype,
-        quantize_mode=quantize_mode, quantize_granularity=granularity)
+    with _mxnet_errors("quantizing the graph"):
+        qsymbol, calibrated_names = mx_quantization._quantize_symbol(
+            fused, mx.cpu(), excluded_symbols=excluded_fused, excluded_operators=[],
+            offline_params=list(arg_params), quantized_dtype=quantized_dtype,
+            quantize_mode=quantize_mode, quantize_granularity=granularity)
     thresholds = _thresholds(graph, fused, fused_nodes, calibrated_names, calibration,
                              quantized_dtype)
-    qsymbol = mx_quantization._calibrate_quantized_sym(
-        qsymbol, {name: (entry["min"], entry["max"]) for name, entry in thresholds.items()})
-    qarg_params = mx_quantization._quantize_params(qsymbol, arg_params, {})
-    qsymbol = qsymbol.get_backend_symbol(BACKEND)
+    with _mxnet_errors("setting the calibrated thresholds"):
+        qsymbol = mx_quantization._calibrate_quantized_sym(
+            qsymbol, {name: (entry["min"], entry["max"]) for name, entry in thresholds.items()})
+        qarg_params = mx_quantization._quantize_params(qsymbol, arg_params, {})
+        qsymbol = qsymbol.get_backend_symbol(BACKEND)
 
     qgraph = _as_graph(graph, qsymbol, qarg_params, aux_params)
     nodes = json.loads(qsymbol.tojson())["nodes"]
@@ -192,13 +196,23 @@ def _excluded_nodes(graph: Graph, exclude: Iterable[str] | None, first_last: boo
 
 
 def _params(graph: Graph) -> tuple[dict[str, mx.nd.NDArray], dict[str, mx.nd.NDArray]]:
-    arg_params, aux_params = {}, {}
-    for node in graph.variables():
-        if node.kind in ("param", "aux"):
-            value = graph.params[node.name]
-            target = aux_params if node.kind == "aux" else arg_params
-            target[node.name] = mx.nd.array(value, dtype=value.dtype)
-    return arg_params, aux_params
+    """(arg_params, aux_params) as MXNet's quantization functions take them (no prefixes)."""
+    from graphopt.mxnet_io.save import params_for_mxnet
+
+    saved = params_for_mxnet(graph)
+    return ({name[4:]: value for name, value in saved.items() if name.startswith("arg:")},
+            {name[4:]: value for name, value in saved.items() if name.startswith("aux:")})
+
+
+@contextlib.contextmanager
+def _mxnet_errors(step: str):
+    """MXNet's refusal, as a GraphoptError naming the step (not a C++ traceback)."""
+    from graphopt.mxnet_io.infer import first_error_line
+
+    try:
+        yield
+    except mx.MXNetError as error:
+        raise GraphoptError(f"MXNet failed {step} for int8: {first_error_line(error)}") from None
 
 
 # --- thresholds ----------------------------------------------------------------------------------
