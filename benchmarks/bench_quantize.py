@@ -22,8 +22,8 @@ AMX). Not a test: it asserts nothing about time. Usage::
     .venv/bin/python benchmarks/bench_quantize.py [--models resnet50_v1,lenet_digits]
         [--runs 20] [--samples 32] [--method minmax] [--activations uint8] [--calibration] [--json]
 
-MXNet int8 latency at batch 8 against MXNet float32 is measured by the MXNet-int8 work
-(``graphopt/quantize/mxnet_int8.py``); see benchmarks/README.md.
+MXNet int8 latency at batch 8 against MXNet float32, and the agreement of the MXNet and ONNX
+int8 models, are measured by ``benchmarks/bench_quantize_mxnet.py`` (see benchmarks/README.md).
 """
 
 from __future__ import annotations
