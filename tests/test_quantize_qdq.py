@@ -343,3 +343,17 @@ def test_resnet18_v1_sqnr_beats_onnxruntime_quantize_static_on_the_same_samples(
     peer = sqnr_db([reference], [onnx_session(peer_model).run(None, {"data": heldout})[0]])
     assert ours >= peer, f"graphopt {ours:.1f} dB, onnxruntime {peer:.1f} dB"
     assert ours >= 35.0 - 0.5   # measured 35.0 dB (onnxruntime 32.4 dB); the goal is 35
+
+
+def test_cli_dynamic_quantization_of_a_saved_bert_encoder(bert, tmp_path):
+    graphopt.save_mxnet(bert.graph, tmp_path / "bert")
+    inputs = [f"{name}:{'x'.join(map(str, a.shape))}:{a.dtype.name}" for name, a in bert.arrays.items()]
+    result = _graphopt("quantize", tmp_path / "bert", *[arg for i in inputs for arg in ("--input", i)],
+                       "--dynamic", "-o", tmp_path / "bert-int8.onnx", "--report",
+                       tmp_path / "report.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    dense = sum(1 for n in bert.graph.op_nodes() if n.op == "FullyConnected")
+    assert report["method"] == "dynamic"
+    assert report["fusion"]["predicted"] == {"DynamicQuantizeMatMul": dense}
+    assert report["fusion"]["confirmed"] and not report["fusion"]["mismatches"]
