@@ -10,6 +10,7 @@ compares MXNet's outputs, masked against dropped, within 1e-5 relative (the issu
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -107,13 +108,15 @@ def check_drop(graph: graphopt.Graph, inputs: dict, tmp_path: Path | None = None
     return smaller, report
 
 
-# --- the trained digits models --------------------------------------------------------------------
+# --- the fixture models (trained on the digits, and random ones) ------------------------------
 
-@pytest.mark.parametrize("name", ["lenet_digits", "resnet_digits"])
-def test_digits_models_drop_their_zeroed_channels_exactly(name, tmp_path):
+@pytest.mark.parametrize("name", ["lenet_digits", "resnet_digits", "lenet_random",
+                                  "resnet_bn_random"])
+def test_fixture_models_drop_their_zeroed_channels_exactly(name, tmp_path):
+    shape = (2, *json.loads((FIXTURES / f"{name}.json").read_text())["input_shape"][1:])
     graph = graphopt.load(FIXTURES / f"{name}-symbol.json", FIXTURES / f"{name}-0000.params",
-                          inputs={"data": (2, 1, 28, 28)})
-    inputs = {"data": np.random.RandomState(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)}
+                          inputs={"data": shape})
+    inputs = {"data": np.random.RandomState(0).uniform(0, 1, shape).astype(np.float32)}
     smaller, report = check_drop(graph, inputs, tmp_path)
     assert "channels" in report.format()
     assert report.to_dict()["channels_after"] < report.to_dict()["channels_before"]
@@ -309,4 +312,4 @@ def test_model_zoo_drops_exactly(name, tmp_path):
     shape = (1, 3, ZOO[name], ZOO[name])
     graph = graphopt.load(symbol, params, inputs={"data": shape})
     check_drop(graph, {"data": seeded_input(shape)}, tmp_path if name == "resnet18_v1" else None,
-               onnx=name in ("resnet18_v1", "mobilenetv2_1.0", "densenet121", "squeezenet1.1"))
+               onnx=name in ("resnet18_v1", "mobilenetv2_1.0", "squeezenet1.1"))
