@@ -46,8 +46,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from graphopt.detection import (DEFAULT_IOU, DEFAULT_SCORE_TOLERANCE, DetectionReport,
-                                judge_detections)
+from graphopt.detection import (DEFAULT_IOU, DEFAULT_SCORE_TOLERANCE, LAYER_NOTES,
+                                DetectionReport, judge_detections)
 from graphopt.errors import ShapeError
 from graphopt.ir.graph import Graph, Node, Tensor, default_output_names, unique_output_names
 from graphopt.mxnet_io.symbol_json import format_attrs
@@ -258,6 +258,8 @@ def _format_divergence(title: str, divergence: Divergence) -> list[str]:
              f"rel err" + (f"  ({layer.note})" if layer.note else "")]
     if divergence.attrs:
         lines.append(f"    attrs: {', '.join(f'{k}={v}' for k, v in divergence.attrs.items())}")
+    if divergence.op in LAYER_NOTES:
+        lines.append(f"    note: {LAYER_NOTES[divergence.op]}")
     for entry in divergence.inputs:
         if "relative_error" in entry:
             verdict = "ok" if entry["passed"] else "FAIL"

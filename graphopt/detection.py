@@ -52,6 +52,15 @@ SORTING_OPS = frozenset({"_contrib_box_nms", "_contrib_box_non_maximum_suppressi
                          "_contrib_MultiProposal", "sort", "argsort"})
 """Ops whose output order depends on how ties in a score are broken."""
 
+LAYER_NOTES = {
+    **{op: "it sorts by score: inputs that agree within rounding can still order near-equal "
+           "scores differently (compare the outputs as detections)" for op in SORTING_OPS},
+    "_contrib_ROIAlign": "MXNet 1.9.1's CPU kernel skips ROIs whose batch index is negative and "
+                         "leaves their rows unwritten (whatever the memory held); the export "
+                         "writes the zeros MXNet documents",
+}
+"""What ``compare --per-layer`` adds when a layer of these ops diverges."""
+
 DEFAULT_IOU = 0.9
 """Boxes of one detection in two faithful runtimes overlap almost exactly (float rounding moves
 a corner by 1e-5 of the box size); 0.9 leaves room for the rounding that ``exp`` in a box
