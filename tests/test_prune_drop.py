@@ -287,6 +287,20 @@ def test_a_per_channel_scale_parameter_is_sliced_with_the_channels():
     assert smaller.params["scale"].shape[0] == smaller.node("conv").outputs[0].shape[1] < 6
 
 
+def test_instance_norm_squeeze_and_axis_moves_after_the_channels_are_followed():
+    """InstanceNorm turns a constant channel into its beta; squeeze, expand_dims and a transpose
+    of the spatial axes keep the channel axis where it is."""
+    data = mx.sym.Variable("data")
+    features = mx.sym.InstanceNorm(conv(data, "conv", 6), name="norm")
+    moved = mx.sym.transpose(mx.sym.relu(features), axes=(0, 1, 3, 2))
+    pooled = mx.sym.squeeze(mx.sym.mean(moved, axis=(2, 3), keepdims=True), axis=(2, 3))
+    out = mx.sym.FullyConnected(mx.sym.expand_dims(pooled, axis=2), num_hidden=3, name="fc")
+    graph = graph_of(out)
+    assert group_with(graph, "conv").droppable
+    smaller, _ = check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
+    assert smaller.params["norm_gamma"].shape[0] < 6
+
+
 def test_no_layer_loses_all_its_channels():
     data = mx.sym.Variable("data")
     graph = graph_of(conv(mx.sym.relu(conv(data, "conv", 4)), "next", 2))

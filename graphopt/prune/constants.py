@@ -177,7 +177,8 @@ def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
     return group.flat_tensors[tensor][0]
 
 
-INDEX_OPS = ("Concat", "SliceChannel", "slice_axis", "slice", "Flatten", "Reshape")
+INDEX_OPS = ("Concat", "SliceChannel", "slice_axis", "slice", "Flatten", "Reshape", "squeeze",
+             "expand_dims", "transpose", "SwapAxis")
 SPATIAL_OPS = ("Pooling", "UpSampling", "_contrib_AdaptiveAvgPooling2D",
                "_contrib_BilinearResize2D", "Pad")
 
@@ -216,6 +217,9 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
             result = _batchnorm(graph, through, data)
         elif op in SPATIAL_OPS:
             result = _spatial(graph, through, data)
+        elif op == "InstanceNorm":   # a constant channel normalises to 0: beta is left
+            beta = graph.params[through.params[1][0]].astype(np.float64)
+            result = np.where(np.isfinite(data), beta, np.nan)
         elif op in ("mean", "max", "min"):
             result = data
         elif op == "sum":   # of a constant over the reduced axes: the constant times their size

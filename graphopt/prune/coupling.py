@@ -384,7 +384,9 @@ class _Analysis:
             "Concat": self.concat, "SliceChannel": self.slice_channel,
             "slice_axis": self.slice_axis, "slice": self.slice, "Flatten": self.flatten,
             "Reshape": self.reshape, "mean": self.reduce, "sum": self.reduce,
-            "max": self.reduce, "min": self.reduce,
+            "max": self.reduce, "min": self.reduce, "InstanceNorm": self.instance_norm,
+            "squeeze": self.axes_after_channels, "expand_dims": self.axes_after_channels,
+            "transpose": self.axes_after_channels, "SwapAxis": self.axes_after_channels,
         }.get(op)
         if handler is None:
             if op in UNARY_ELEMENTWISE or op in BINARY_ELEMENTWISE:
@@ -619,6 +621,44 @@ class _Analysis:
         axes = reduced_axes(self.graph, node.name)
         if axes is None or axes & {0, 1}:
             return "a reduction over the batch or channel axis"
+        self.through(node, [data], self.maps[data])
+        return None
+
+    def instance_norm(self, node: Node) -> str | None:
+        """Per (sample, channel) normalisation with per-channel gamma and beta."""
+        data = self.inputs(node)[0]
+        if data not in self.maps:
+            return None if data not in self.flat else "unknown"
+        params = []
+        for slot in (1, 2):
+            param = self.param_input(node.name, slot)
+            if param is None or self.shared(param):
+                return f"its input {slot} is not a parameter of its own"
+            params.append((param, 0))
+        self.through(node, [data], self.maps[data], params)
+        return None
+
+    def axes_after_channels(self, node: Node) -> str | None:
+        """squeeze / expand_dims / transpose / SwapAxis that leave axes 0 and 1 where they are."""
+        data = self.inputs(node)[0]
+        if data not in self.maps:
+            return None if data not in self.flat else "unknown"
+        rank = len(self.graph.tensor_type(data).shape)
+        out_rank = len(node.outputs[0].shape or ())
+        if node.op == "transpose":
+            axes = tuple(self.attr(node, "axes") or ())
+            moves = not axes or tuple(a % rank for a in axes[:2]) != (0, 1)
+        elif node.op == "SwapAxis":
+            moves = bool({int(self.attr(node, "dim1")) % rank,
+                          int(self.attr(node, "dim2")) % rank} & {0, 1})
+        elif node.op == "squeeze":
+            axis = self.attr(node, "axis")
+            axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+            moves = axis is None or bool({a % rank for a in axes} & {0, 1})
+        else:
+            moves = int(self.attr(node, "axis")) % (rank + 1) < 2
+        if moves or out_rank < 2:
+            return "it moves the channel axis"
         self.through(node, [data], self.maps[data])
         return None
 
