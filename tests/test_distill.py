@@ -241,3 +241,34 @@ def test_a_gluon_student_is_trained_in_place_and_exported(resnet_teacher, digits
     (exported,) = run_mxnet(result.student, {"data": x_test}).values()
     np.testing.assert_allclose(exported, after, rtol=1e-5, atol=1e-5)
     assert held_out_accuracy(result.student, x_test, y_test) == result.best_val_accuracy
+
+
+def test_softmax_heads_are_read_at_their_input(resnet_teacher, digits, tmp_path):
+    """A teacher exported with ``softmax`` and a student with ``SoftmaxOutput`` (and its label
+    variable) output probabilities: distillation softens their logits, the heads' inputs, and
+    the trained student keeps its head."""
+    x_train, y_train, x_test, y_test = digits
+    data = (x_train[:FEW], y_train[:FEW])
+    with_head = resnet_teacher.copy()
+    head = with_head.add_node("softmax", [with_head.outputs[0]], attrs={"axis": 1})
+    with_head.set_outputs([graphopt.Tensor(head.name, 0)])
+
+    logits = mx.sym.FullyConnected(mx.sym.Flatten(mx.sym.var("data")), num_hidden=10, name="fc")
+    rng = np.random.default_rng(0)
+    symbol_path, params_path = graphopt.mxnet_io.save_symbol(
+        mx.sym.SoftmaxOutput(logits, name="softmax"), tmp_path / "softmax_student",
+        {"data": (1, 1, 28, 28), "softmax_label": (1,)},  # (the label is no parameter)
+        lambda kind, name, shape: rng.normal(0, 0.05, shape).astype(np.float32))
+    student = graphopt.load(symbol_path, params_path, inputs=DIGITS_INPUT)
+
+    runs = [graphopt.distill(teacher, student, data, (x_test, y_test), epochs=1)
+            for teacher in (resnet_teacher, with_head)]
+    assert runs[1].teacher_val_accuracy == runs[0].teacher_val_accuracy
+    assert runs[1].history[0]["soft_loss"] == pytest.approx(runs[0].history[0]["soft_loss"],
+                                                            rel=1e-6)
+    trained = runs[1].student
+    assert trained.node(trained.outputs[0].node).op == "SoftmaxOutput"
+    (probabilities,) = run_mxnet(trained, {"data": x_test}).values()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert float(np.mean(probabilities.argmax(axis=1) == y_test)) == runs[1].best_val_accuracy
+    assert not np.array_equal(trained.params["fc_weight"], student.params["fc_weight"])
