@@ -160,10 +160,10 @@ def _fill_layers(report: QuantizeReport, graph: Graph, rewrite_report: Report) -
     for node in graph.op_nodes():
         if node.op not in QUANTIZABLE_OPS:
             continue
-        if _runs_quantized(graph, node.name):
-            report.quantized.append(node.name)
-        elif graph.is_output(node.name):
+        if graph.is_output(node.name):
             report.float_layers[node.name] = "its output is a graph output, which stays float"
+        elif _runs_quantized(graph, node.name):
+            report.quantized.append(node.name)
         else:
             report.float_layers[node.name] = reasons.get(node.name, "not every input or output "
                                                                     "is quantized")

@@ -205,9 +205,14 @@ class EditRun:
     def do_insert_on_edge(self, edit: Edit) -> None:
         tensor = self.tensor(edit.fields["tensor"])
         op, extra = edit.fields["op"], edit.fields.get("extra_inputs", [])
-        reading = [c for c, _slot in readers(self.graph, tensor)]
+        uses = readers(self.graph, tensor)
+        reading = [c for c, _slot in uses]
         default = f"{tensor.node}_{op.lower().strip('_')}"
-        node = self.graph.insert_on_edge(tensor, op, **self.node_args(edit, default, 1 + len(extra)))
+        # readers_only: the graph outputs keep the tensor itself (a quantize pair for the
+        # readers must not turn the model's result into its quantized copy)
+        consumers = uses if edit.fields.get("readers_only") else None
+        node = self.graph.insert_on_edge(tensor, op, consumers=consumers,
+                                         **self.node_args(edit, default, 1 + len(extra)))
         for slot, source in enumerate(extra, start=1):
             self.graph.set_input(node.name, slot, self.source(source, node.name, slot))
         self.new[edit.target] = Tensor(node.name, 0)

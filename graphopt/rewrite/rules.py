@@ -44,7 +44,8 @@ EDIT_KEYS = {
     "set_attr": (set(), {"attrs", "attrs_from"}),
     "add_node": ({"op"}, {"inputs", "attrs", "attrs_from", "name"}),
     "add_param": ({"value"}, {"name"}),
-    "insert_on_edge": ({"tensor", "op"}, {"extra_inputs", "attrs", "attrs_from", "name"}),
+    "insert_on_edge": ({"tensor", "op"}, {"extra_inputs", "attrs", "attrs_from", "name",
+                                          "readers_only"}),
     "erase": (set(), set()),
     "apply_changes": (set(), set()),
 }
