@@ -393,7 +393,12 @@ class _Analysis:
                 handler = self.elementwise
             elif op in SPATIAL_PER_CHANNEL:
                 handler = self.spatial
-        problem = handler(node) if handler is not None else "unknown"
+        shapes = [t.shape for t in node.outputs] + [
+            self.graph.tensor_type(t).shape for t in self.inputs(node)]
+        if any(shape is None for shape in shapes):
+            problem = "its shapes are unknown"
+        else:
+            problem = handler(node) if handler is not None else "unknown"
         if problem:
             self.refuse(node, "the dropper cannot follow it" if problem == "unknown" else problem)
 
