@@ -30,7 +30,7 @@ Not a test: it asserts nothing about time. Usage::
 
     .venv/bin/python benchmarks/bench_prune.py [--models resnet50_v1,mobilenetv2_1.0]
         [--ratios 0.25,0.5,0.75] [--batches 1,8] [--threads 2] [--runs 30] [--round-to 8]
-        [--json]
+        [--also-exact] [--json]
     .venv/bin/python benchmarks/bench_prune.py --digits [--epochs 3,10]
 """
 
@@ -116,15 +116,17 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict:
     variants = {"original": graph}
     entry: dict = {"ratios": {}}
     images = np.random.default_rng(1).uniform(-1, 1, (2, *shape[1:])).astype(np.float32)
-    for ratio in args.ratios:
-        label = f"{int(round(ratio * 100))}%"
+    settings = [(ratio, args.round_to, f"{int(round(ratio * 100))}%") for ratio in args.ratios]
+    if args.also_exact and args.round_to:
+        settings += [(ratio, None, f"{int(round(ratio * 100))}% exact") for ratio in args.ratios]
+    for ratio, round_to, label in settings:
         print(f"[bench] {name}: filters {label}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        masked, _ = graphopt.prune(graph, method="filters", ratio=ratio, round_to=args.round_to,
+        masked, _ = graphopt.prune(graph, method="filters", ratio=ratio, round_to=round_to,
                                    measure_storage=False)
         try:
             smaller, report = graphopt.prune(graph, method="filters", ratio=ratio,
-                                             round_to=args.round_to, drop=True,
+                                             round_to=round_to, drop=True,
                                              measure_storage=False)
         except Exception as error:  # the dropper is another room's: say what it did
             entry["ratios"][label] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -153,7 +155,7 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict:
         print(f"[bench] {name}: onnxruntime latency, batch {batch}", file=sys.stderr, flush=True)
         paths = {}
         for label, g in variants.items():
-            path = folder / f"{name}-{label.rstrip('%')}.onnx"
+            path = folder / f"{name}-{label.replace('%', '').replace(' ', '-')}.onnx"
             if not path.exists():
                 graphopt.to_onnx(g, path)
             paths[label] = path
@@ -255,7 +257,7 @@ def format_report(results: dict) -> str:
              ""]
     for name, entry in results["models"].items():
         batches = list(entry.get("mxnet_ms", {}))
-        header = f"{'':8} {'MACs':>8} {'MACs x':>7}"
+        header = f"{'':10} {'MACs':>8} {'MACs x':>7}"
         for batch in batches:
             header += f" {'MXNet b' + str(batch) + ' ms':>14} {'x':>5} {'ORT b' + str(batch) + ' ms':>12} {'x':>5}"
         lines += [f"{name}: {entry.get('macs', 0) / 1e9:.2f} GMACs, "
@@ -263,10 +265,10 @@ def format_report(results: dict) -> str:
         rows = {"original": {}} | entry["ratios"]
         for label, figures in rows.items():
             if "error" in figures:
-                lines.append(f"{label:8} {figures['error']}")
+                lines.append(f"{label:10} {figures['error']}")
                 continue
             macs = figures.get("macs_after", entry.get("macs", 0))
-            line = f"{label:8} {macs / 1e9:8.3f} {entry.get('macs', 0) / macs if macs else 0:6.2f}x"
+            line = f"{label:10} {macs / 1e9:8.3f} {entry.get('macs', 0) / macs if macs else 0:6.2f}x"
             for batch in batches:
                 mx_ms = entry["mxnet_ms"][batch][label]
                 ort_ms = entry["onnxruntime_ms"][batch][label]
@@ -298,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--round-to", type=int, default=8,
                         help="keep multiples of this many channels (0: exact ratios)")
+    parser.add_argument("--also-exact", action="store_true",
+                        help="also time each ratio without --round-to (channel counts as the "
+                             "ratio gives them), interleaved with the rounded ones")
     parser.add_argument("--digits", action="store_true",
                         help="only the digits models' sparsity, MACs and accuracy figures")
     parser.add_argument("--epochs", default="3,10", help="--digits: fine-tuning epochs")

@@ -384,3 +384,18 @@ def test_pinned_channels_of_a_segment_are_never_zeroed(tmp_path):
     assert zeroed_channels(pruned, "c0") == {4, 5, 6, 7}
     assert report.notes == ["c0: 4 of the 6 channels asked zeroed (pinned channels, or equal "
                             "drops per block)"]
+
+
+@needs_drop
+def test_lenet_half_its_filters_dropped_recovers_with_a_short_fine_tune(lenet, heldout):
+    """After: 3 epochs of plain fine-tuning (graphopt.distill with alpha=1, no teacher) of the
+    dropped LeNet. Measured 0.9916 in two runs (MXNet's training is not bit-reproducible, so
+    the bound leaves a point), against 0.8997 before and 0.9944 unpruned."""
+    x_train, y_train, _, _ = digits_split()
+    smaller, _ = graphopt.prune(lenet, method="filters", ratio=0.5, drop=True,
+                                measure_storage=False)
+    result = graphopt.distill(None, smaller, (x_train, y_train), alpha=1.0, epochs=3, seed=0)
+    assert accuracy(result.student, heldout) >= 0.98
+    # the fine-tuned model keeps the smaller structure
+    assert {k: v.shape for k, v in result.student.params.items()} == \
+        {k: v.shape for k, v in smaller.params.items()}
