@@ -125,14 +125,15 @@ def test_fixture_models_drop_their_zeroed_channels_exactly(name, tmp_path):
 # --- Gluon architectures: SE, U-Net (Deconvolution + concat skip), ResNeXt + DenseNet ----------
 
 IMAGE_ARCHITECTURES = ["unet", "squeeze_excite", "resnext_densenet", "conv1d", "conv3d",
-                       "activations"]
+                       "activations", "float64", "deeplab_aspp", "wavenet"]
 
 
 @pytest.mark.parametrize("name", IMAGE_ARCHITECTURES)
 def test_gluon_architectures_drop_exactly(name):
     build, shapes, fill = ARCHITECTURES[name]
     arrays = inputs_for(shapes, fill, 2, seed=2)
-    graph = graphopt.from_block(seeded_block(build, arrays), inputs=shapes)
+    graph = graphopt.from_block(seeded_block(build, arrays), inputs=shapes,
+                                dtypes={name: array.dtype.name for name, array in arrays.items()})
     check_drop(graph, arrays)
 
 
