@@ -353,3 +353,26 @@ def test_encoder_decoder_attention_from_interleaved_projections(heads, head_dim,
     check(mx.sym.Group([scores, context]), tmp_path, {"x": queries, "y": keys_values},
           other_batch={"x": normal(8, batch, heads * head_dim),
                        "y": normal(10, batch, heads * 2 * head_dim)})
+
+
+def test_every_refused_node_is_listed_with_its_reason(tmp_path):
+    """One error lists every node that cannot be converted, each line ending in why (the op, its
+    attributes, then a reason a user can act on), here at an opset above RoiAlign's newest
+    kernel, with an LSTM projection (GPU-only in MXNet) beside it."""
+    rois = mx.sym.var("rois")
+    pooled = mx.sym.contrib.ROIAlign(x, rois, pooled_size=(2, 2), spatial_scale=1.0, name="roi")
+    sequence = mx.sym.var("sequence")
+    projected = mx.sym.RNN(sequence, mx.sym.var("weights"), mx.sym.var("state"),
+                           mx.sym.var("cell"), state_size=4, projection_size=2, num_layers=1,
+                           mode="lstm", name="lstmp")
+    inputs = {"x": normal(2, 3, 8, 8), "rois": ROIS, "sequence": normal(3, 2, 5)}
+    graph = load(mx.sym.Group([pooled, projected]), tmp_path, inputs,
+                 {"weights": normal(4 * 4 * (5 + 2) + 2 * 4 * 4 + 4 * 2),
+                  "state": normal(1, 2, 2), "cell": normal(1, 2, 4)})
+    with pytest.raises(UnsupportedOpError) as raised:
+        export(graph, ROI_OPS_NEWEST_OPSET + 1)
+    lines = str(raised.value).splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["roi", "lstmp"]
+    reasons = [line.split("): ", 1)[1] for line in lines]
+    assert "no kernel" in reasons[0] and f"opset {ROI_OPS_NEWEST_OPSET} or lower" in reasons[0]
+    assert "projection_size=2" in reasons[1] and "only on GPU" in reasons[1]

@@ -80,7 +80,8 @@ def sequence_last(ctx: ConvertContext, node: Node) -> None:
 def sequence_reverse(ctx: ConvertContext, node: Node) -> None:
     """Reverse the first ``length`` steps of each sequence; padding stays in place."""
     if ctx.attr(node, "axis") != 0:
-        raise Unsupported("SequenceReverse along an axis other than 0")
+        raise Unsupported(f"axis={ctx.attr(node, 'axis')}: MXNet 1.9.1 reverses along axis 0 "
+                          "only (it refuses to run any other), so there is no result to match")
     data = ctx.input(node, 0)
     if ctx.attr(node, "use_sequence_length"):
         ctx.emit1("ReverseSequence", [data, _lengths(ctx, node)], ctx.output(node),

@@ -562,7 +562,7 @@ def norm(ctx: ConvertContext, node: Node) -> None:
     """Entrywise L1/L2 norm over ``axis`` (over everything when None), in ``out_dtype``."""
     order = ctx.attr(node, "ord")
     if order not in (1, 2):
-        raise Unsupported(f"norm of order {order}")
+        raise Unsupported(f"norm of order {order}: MXNet's norm has orders 1 and 2")
     rank = len(input_shape(ctx, node, 0))
     axes = reduced_axes(ctx, node, rank)
     dtype, out_dtype = ctx.dtype(node, 0), ctx.output_dtype(node)

@@ -104,7 +104,9 @@ def unary(ctx: ConvertContext, node: Node) -> None:
         CONVERTERS[legacy](ctx, replace(node, op=legacy))
         return
     if legacy not in ONNX_UNARY and legacy not in ("square", "relu"):
-        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}")
+        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}: MXNet computes "
+                          f"it in another dtype than its input's, and its lowering ({legacy}) "
+                          "computes in the input's")
     value = cast(ctx, ctx.input(node, 0), dtype)
     if legacy == "square":
         ctx.emit1("Mul", [value, value], ctx.output(node))
@@ -136,7 +138,7 @@ def reduction(ctx: ConvertContext, node: Node) -> None:
     """In the output dtype (a mean of integers is float); every axis without ``keepdims``
     leaves a 0-d array. ``initial`` (a value folded into the reduction) is refused."""
     if ctx.attr(node, "initial", None) is not None:
-        raise Unsupported("initial= is not supported")
+        raise Unsupported("initial=: not lowered (ONNX reductions have no starting value)")
     value, dtype = ctx.input(node, 0), ctx.output_dtype(node)
     if ctx.dtype(node, 0) != dtype:
         value = cast(ctx, value, dtype)
@@ -159,7 +161,8 @@ def argmax(ctx: ConvertContext, node: Node) -> None:
     value, axis, keepdims = ctx.input(node, 0), ctx.attr(node, "axis"), ctx.attr(node, "keepdims")
     if axis is None:
         if keepdims:
-            raise Unsupported("keepdims without an axis")
+            raise Unsupported("keepdims without an axis: not lowered (the index of the "
+                              "flattened array would need the input's rank of size-1 axes)")
         flat = ctx.emit1("Reshape", [value, ctx.int64s([-1], hint="shape")])
         squeeze(ctx, ctx.emit1(op_type, [flat], axis=0, keepdims=1), [0], ctx.output(node))
         return
@@ -171,7 +174,8 @@ def argmax(ctx: ConvertContext, node: Node) -> None:
 def reshape(ctx: ConvertContext, node: Node) -> None:
     """NumPy's ``newshape`` is ONNX's Reshape target as it is (``-1`` infers; a 0 is a 0)."""
     if ctx.attr(node, "order") != "C":
-        raise Unsupported(f"order={ctx.attr(node, 'order')}")
+        raise Unsupported(f"order={ctx.attr(node, 'order')}: ONNX Reshape is row-major "
+                          "(order C) only")
     newshape = ctx.attr(node, "newshape")
     newshape = newshape if isinstance(newshape, tuple) else (newshape,)
     if 0 in newshape:  # a zero-size axis: ONNX's Reshape reads a 0 as "copy" before opset 14
@@ -345,7 +349,8 @@ def around(ctx: ConvertContext, node: Node) -> None:
     decimals, value, dtype = ctx.attr(node, "decimals"), ctx.input(node, 0), ctx.dtype(node, 0)
     if dtype not in FLOATS:
         if decimals < 0:
-            raise Unsupported("around of integers with decimals < 0")
+            raise Unsupported("around of integers with decimals < 0: MXNet rounds them in "
+                              "integer arithmetic, which is not lowered")
         ctx.emit1("Identity", [value], ctx.output(node))
         return
     ten = typed(ctx, 10, dtype)
@@ -471,7 +476,8 @@ def pad(ctx: ConvertContext, node: Node) -> None:
     ``reflect`` is NumPy's (the edge not repeated), as ONNX's."""
     mode = ctx.attr(node, "mode")
     if mode not in PAD_MODES:
-        raise Unsupported(f"pad mode {mode}")
+        raise Unsupported(f"pad mode {mode}: only {', '.join(sorted(PAD_MODES))} are lowered "
+                          "(ONNX Pad's modes)")
     widths = ctx.attr(node, "pad_width")
     if isinstance(widths, str):  # (the schema has no parser for a tuple of tuples)
         widths = ast.literal_eval(widths)
@@ -679,7 +685,8 @@ def variance(ctx: ConvertContext, node: Node) -> None:
     keeps an integer input's dtype)."""
     dtype = ctx.output_dtype(node)
     if dtype not in FLOATS or ctx.dtype(node, 0) != dtype:
-        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}")
+        raise Unsupported(f"{node.op} of {ctx.dtype(node, 0)} giving {dtype}: floats only "
+                          "(MXNet keeps an integer input's dtype and truncates)")
     value = ctx.input(node, 0)
     axes = _axes(ctx, node, len(input_shape(ctx, node, 0)))
     keepdims, ddof = bool(ctx.attr(node, "keepdims")), ctx.attr(node, "ddof")
@@ -706,7 +713,8 @@ def average(ctx: ConvertContext, node: Node) -> None:
     does not broadcast it as NumPy does)."""
     dtype = ctx.output_dtype(node)
     if dtype not in FLOATS:
-        raise Unsupported(f"average giving {dtype}")
+        raise Unsupported(f"average giving {dtype}: floats only (MXNet truncates an integer "
+                          "mean)")
     shape = input_shape(ctx, node, 0)
     axes = _axes(ctx, node, len(shape))
     value = ctx.input(node, 0)
@@ -748,9 +756,11 @@ def norm(ctx: ConvertContext, node: Node) -> None:
     axes = list(range(rank)) if axis is None else sorted(_axis_list(axis, rank))
     if flag not in (-2, -1, 1) or order not in (1, 2) or (order == 1 and flag != -1) \
             or (flag == -1 and len(axes) != 1):
-        raise Unsupported(f"norm with ord={order}, flag={flag}")
+        raise Unsupported(f"norm with ord={order}, flag={flag}: matrix 2-norms and nuclear "
+                          "norms need singular values, which ONNX has no op for")
     if dtype not in FLOATS or ctx.dtype(node, 0) != dtype:
-        raise Unsupported(f"norm of {ctx.dtype(node, 0)}")
+        raise Unsupported(f"norm of {ctx.dtype(node, 0)}: MXNet's integer norm truncates its "
+                          "running sum of squares (no ONNX form)")
     op_type = "ReduceL1" if order == 1 else "ReduceL2"
     in_dtype(ctx, [ctx.input(node, 0)], dtype, "float32" if dtype == "float16" else dtype,
              lambda ctx, x, _work, out: reduce(ctx, op_type, x, axes, bool(keepdims), out),

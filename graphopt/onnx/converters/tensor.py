@@ -301,7 +301,7 @@ def slice_op(ctx: ConvertContext, node: Node) -> None:
     for axis, (b, e) in enumerate(zip(begin, end)):
         s = step[axis] if axis < len(step) and step[axis] is not None else 1
         if s == 0:
-            raise Unsupported("slice step 0")
+            raise Unsupported("slice step 0: MXNet refuses to run it and ONNX Slice forbids it")
         starts.append(b if b is not None else (0 if s > 0 else INT64_MAX))
         ends.append(e if e is not None else (INT64_MAX if s > 0 else INT64_MIN))
         axes.append(axis)
@@ -750,11 +750,13 @@ def sample_multinomial(ctx: ConvertContext, node: Node) -> None:
     _random_opset_check(ctx, "Multinomial")
     samples_shape = tuple(ctx.attr(node, "shape") or ())
     if len(samples_shape) > 1:
-        raise Unsupported(f"sample shape {samples_shape} has more than one axis")
+        raise Unsupported(f"sample shape {samples_shape} has more than one axis: ONNX "
+                          "Multinomial draws one row of samples per distribution")
     count = samples_shape[0] if samples_shape else 1
     data_rank = len(input_shape(ctx, node, 0))
     if data_rank > 2:
-        raise Unsupported("multinomial over more than one batch axis")
+        raise Unsupported("multinomial over more than one batch axis: ONNX Multinomial takes "
+                          "(batch, classes) probabilities")
     log_probabilities = ctx.emit1("Log", [ctx.input(node, 0)])
     if data_rank == 1:
         log_probabilities = unsqueeze(ctx, log_probabilities, [0])
