@@ -158,6 +158,17 @@ def test_the_qdq_graph_saved_as_mxnet_loads_and_runs(fixture, tmp_path):
                           next(iter(run_mxnet(qgraph, {"data": x}).values())))
 
 
+def test_reduced_range_weights_for_cpus_without_vnni_keep_the_accuracy(fixture):
+    model, _qgraph, report = fixture.int8("minmax", reduce_range=True)
+    assert report.reduce_range
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer
+               if t.name.endswith("_weight_quantized")]
+    assert max(int(np.abs(w).max()) for w in weights) == 63   # 7 bits: u8 x s8 pairs fit int16
+    quantized = _run(model, fixture.x_test)
+    assert np.mean(quantized.argmax(1) == fixture.y_test) >= \
+        np.mean(fixture.reference.argmax(1) == fixture.y_test) - 0.005
+
+
 def test_exclusions_by_name_op_and_first_last_stay_float(fixture):
     graph = fixture.graph
     first_conv = next(n.name for n in graph.op_nodes() if n.op == "Convolution")

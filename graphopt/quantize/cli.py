@@ -39,6 +39,8 @@ def add_commands(commands) -> None:
                         "or symmetric int8")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="NAME|OP",
                    help="node names or op types to keep in float")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights, for x86 CPUs without VNNI (default: if this CPU is one)")
     p.add_argument("--exclude-first-last", action="store_true",
                    help="keep the first and the last weighted layers in float")
     p.add_argument("--to", choices=["onnx", "mxnet"], default="onnx")
@@ -106,11 +108,13 @@ def quantize_to_onnx(graph, calibration, args):
     from graphopt.quantize.fusion import fusion_report
     from graphopt.quantize.qdq import quantize, quantize_dynamic
     if calibration is None:
-        qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude)
+        qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude,
+                                          reduce_range=args.reduce_range)
     else:
         qgraph, report = quantize(graph, calibration, activations=args.activations,
                                   per_channel=args.per_channel, exclude=args.exclude,
-                                  exclude_first_last=args.exclude_first_last)
+                                  exclude_first_last=args.exclude_first_last,
+                                  reduce_range=args.reduce_range)
     model = graphopt.to_onnx(qgraph, opset=args.opset, dynamic_batch=not args.static_batch)
     fusion = fusion_report(model)
     return model, report.to_dict(), fusion.to_dict()

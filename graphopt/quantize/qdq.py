@@ -22,7 +22,7 @@ import numpy as np
 from graphopt.errors import GraphError
 from graphopt.ir.graph import Graph, Tensor, default_output_names
 from graphopt.quantize.ops import custom_op_type
-from graphopt.quantize.qparams import ACTIVATION_TYPES
+from graphopt.quantize.qparams import ACTIVATION_TYPES, cpu_needs_reduced_range
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, WEIGHTED_OPS, QuantizeOptions
 from graphopt.rewrite.engine import rewrite
 from graphopt.rewrite.registry import register_context_factory
@@ -41,16 +41,19 @@ class QuantizeReport:
     float_layers: dict[str, str] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
     rewrite: Report | None = None
+    reduce_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"activations": self.activations, "per_channel": self.per_channel,
+                "reduce_range": self.reduce_range,
                 "quantized": list(self.quantized), "float_layers": dict(self.float_layers),
                 "excluded": list(self.excluded)}
 
 
 def quantize(graph: Graph, calibration: Any, *, activations: str = "uint8",
              per_channel: bool = True, exclude: Iterable[str] = (),
-             exclude_first_last: bool = False) -> tuple[Graph, QuantizeReport]:
+             exclude_first_last: bool = False, reduce_range: bool | None = None
+             ) -> tuple[Graph, QuantizeReport]:
     """A copy of ``graph`` with quantize/dequantize pairs around every layer that can run in
     int8 (Convolution, FullyConnected, Deconvolution, add, Concat, pooling, batch_dot and the
     interleaved attention matmuls), and the :class:`QuantizeReport`.
@@ -61,33 +64,41 @@ def quantize(graph: Graph, calibration: Any, *, activations: str = "uint8",
     :mod:`graphopt.quantize.qparams`). ``exclude``: node names or op types kept in float.
     ``exclude_first_last``: also keep in float the first weighted layers (reading the graph
     inputs) and the last (writing the outputs). Weights are symmetric int8, per output channel
-    with ``per_channel`` (else per tensor), biases int32. The input graph is not changed.
+    with ``per_channel`` (else per tensor), biases int32. ``reduce_range``: 7-bit weights, for
+    x86 CPUs without VNNI whose uint8 x int8 products saturate int16 (``None``: if the CPU
+    quantizing is one; pass a bool to target another machine). The input graph is not changed.
     """
     if activations not in ACTIVATION_TYPES:
         raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
     excluded = resolve_exclusions(graph, exclude, exclude_first_last)
-    settings = QuantizeOptions(calibration, activations, per_channel, frozenset(excluded))
+    if reduce_range is None:
+        reduce_range = cpu_needs_reduced_range()
+    settings = QuantizeOptions(calibration, activations, per_channel, frozenset(excluded),
+                               reduce_range=reduce_range)
     new_graph, rewrite_report = rewrite(graph, phases=[QUANTIZE_RULES_PHASE],
                                         context={"quantize": settings})
     report = QuantizeReport(activations, per_channel, excluded=sorted(excluded),
-                            rewrite=rewrite_report)
+                            rewrite=rewrite_report, reduce_range=reduce_range)
     _fill_layers(report, new_graph, rewrite_report)
     return new_graph, report
 
 
-def quantize_dynamic(graph: Graph, *, per_channel: bool = True, exclude: Iterable[str] = ()
-                     ) -> tuple[Graph, QuantizeReport]:
+def quantize_dynamic(graph: Graph, *, per_channel: bool = True, exclude: Iterable[str] = (),
+                     reduce_range: bool | None = None) -> tuple[Graph, QuantizeReport]:
     """A copy of ``graph`` whose FullyConnected layers (``flatten=False`` on any rank, or 2-D
     inputs: a transformer's projections and feed-forward layers) multiply int8 weights with their
     input quantized at run time (``rules/quantize_dynamic.toml``): no calibration. onnxruntime runs
     each as its int8 ``DynamicQuantizeMatMul``. ``exclude``: node names or op types kept in float.
-    The report's ``activations`` is ``"dynamic uint8"``."""
+    The report's ``activations`` is ``"dynamic uint8"``; ``reduce_range`` as for :func:`quantize`."""
     excluded = resolve_exclusions(graph, exclude, False)
-    settings = QuantizeOptions(None, "uint8", per_channel, frozenset(excluded), mode="dynamic")
+    if reduce_range is None:
+        reduce_range = cpu_needs_reduced_range()
+    settings = QuantizeOptions(None, "uint8", per_channel, frozenset(excluded), mode="dynamic",
+                               reduce_range=reduce_range)
     new_graph, rewrite_report = rewrite(graph, phases=[QUANTIZE_RULES_PHASE],
                                         context={"quantize": settings})
     report = QuantizeReport("dynamic uint8", per_channel, excluded=sorted(excluded),
-                            rewrite=rewrite_report)
+                            rewrite=rewrite_report, reduce_range=reduce_range)
     remaining = {node.name for node in new_graph.op_nodes()}
     reasons = {a.anchor: a.detail.split(": ", 1)[-1] for a in rewrite_report.attempts
                if a.op == "FullyConnected" and a.outcome in ("guard", "declined", "rejected")}
@@ -221,4 +232,5 @@ def _vector_settings(graph: Graph, inputs: dict[str, np.ndarray], setting: Any) 
     setting = {"activations": setting} if isinstance(setting, str) else dict(setting)
     return QuantizeOptions(ObservedRanges.observe(graph, inputs),
                            setting.get("activations", "uint8"), setting.get("per_channel", True),
-                           frozenset(setting.get("exclude", ())), setting.get("mode", "static"))
+                           frozenset(setting.get("exclude", ())), setting.get("mode", "static"),
+                           setting.get("reduce_range", False))

@@ -51,9 +51,27 @@ def activation_qparams(lo: float, hi: float, activations: str, name: str
     return np.asarray([max(-lo, hi) / 127.0], np.float32), np.asarray([0], np.int8)
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None
+REDUCED_WEIGHT_MAX = 63   # 7-bit weights: a uint8 x int8 pair sum stays within int16
+
+
+def cpu_needs_reduced_range() -> bool:
+    """This x86 CPU multiplies uint8 by int8 with VPMADDUBSW (AVX2/AVX-512 without VNNI), whose
+    int16 pair sums saturate with full-range weights (PITFALLS.md, "Quantization"); CPUs with
+    VNNI or AMX, and non-x86 CPUs, do not."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    return "avx2" in flags and not vnni
+
+
+def quantize_weight(weight: np.ndarray, axis: int | None, maximum: int = WEIGHT_MAX
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Symmetric int8 ``(q, scale, zero_point)``, per slice of ``axis`` (``None``: per tensor)."""
+    """Symmetric int8 ``(q, scale, zero_point)`` in [-maximum, maximum], per slice of ``axis``
+    (``None``: per tensor)."""
     weight = np.asarray(weight, np.float32)
     if axis is None:
         peak = np.asarray([np.abs(weight).max(initial=0.0)], np.float32)
@@ -64,9 +82,9 @@ def quantize_weight(weight: np.ndarray, axis: int | None
         shape = [1] * weight.ndim
         shape[axis] = -1
         shaped = peak.reshape(shape)
-    scale = np.where(peak > 0, peak / WEIGHT_MAX, 1.0).astype(np.float32)  # an all-zero channel
-    shaped_scale = np.where(shaped > 0, shaped / WEIGHT_MAX, 1.0).astype(np.float32)
-    q = np.clip(round_keeping_kernel_sums(weight / shaped_scale), -WEIGHT_MAX, WEIGHT_MAX)
+    scale = np.where(peak > 0, peak / maximum, 1.0).astype(np.float32)  # an all-zero channel
+    shaped_scale = np.where(shaped > 0, shaped / maximum, 1.0).astype(np.float32)
+    q = np.clip(round_keeping_kernel_sums(weight / shaped_scale), -maximum, maximum)
     return q.astype(np.int8), scale, np.zeros(scale.shape, np.int8)
 
 

@@ -53,6 +53,7 @@ class QuantizeOptions:
     per_channel: bool = True
     excluded: frozenset[str] = field(default_factory=frozenset)   # node names kept in float
     mode: str = "static"                  # "static" (calibrated) or "dynamic" (weights only)
+    reduce_range: bool = False            # 7-bit weights (x86 without VNNI: see qparams)
 
 
 def options() -> QuantizeOptions:
@@ -259,6 +260,10 @@ def tensor_qparams(tensor: Ref) -> tuple[np.ndarray, np.ndarray]:
     return qparams.activation_qparams(lo, hi, settings.activations, name)
 
 
+def _weight_max(settings: QuantizeOptions) -> int:
+    return qparams.REDUCED_WEIGHT_MAX if settings.reduce_range else qparams.WEIGHT_MAX
+
+
 def weight_axis(layer: Ref) -> int:
     """The output-channel axis of the weight: 0 for Convolution and FullyConnected; 1 for
     Deconvolution, whose weight is (in, out / groups, ...)."""
@@ -268,8 +273,9 @@ def weight_axis(layer: Ref) -> int:
 @register_function(returns=("quantized", "scale", "zero_point", "axis"))
 def quantize_weight(layer: Ref, weight: Ref):
     """Symmetric int8 weight, per output channel (per tensor if the settings say so)."""
-    axis = weight_axis(layer) if options().per_channel else None
-    q, scale, zero_point = qparams.quantize_weight(weight.value, axis)
+    settings = options()
+    axis = weight_axis(layer) if settings.per_channel else None
+    q, scale, zero_point = qparams.quantize_weight(weight.value, axis, _weight_max(settings))
     return q, scale, zero_point, axis
 
 
@@ -324,7 +330,9 @@ def quantize_dynamically(layer: Ref, data: Ref) -> str | None:
 def transposed_int8_weight(weight: Ref):
     """The FullyConnected weight (out, in) as MatMulInteger's B: int8 (in, out), symmetric, one
     scale per output column (per tensor if the settings say so), zero points 0."""
-    q, scale, zero_point = qparams.quantize_weight(weight.value, 0 if options().per_channel else None)
+    settings = options()
+    q, scale, zero_point = qparams.quantize_weight(weight.value, 0 if settings.per_channel else None,
+                                                   _weight_max(settings))
     return np.ascontiguousarray(q.T), scale, zero_point
 
 
