@@ -233,6 +233,21 @@ def test_an_op_the_analysis_cannot_follow_pins_the_channels_it_reads():
     assert not group.droppable and "softmax" in group.reason
 
 
+def test_a_weight_shared_by_two_convs_is_left_alone_with_the_reason():
+    data = mx.sym.Variable("data")
+    shared = mx.sym.Variable("shared_weight")
+    left = mx.sym.Convolution(data, shared, name="left", num_filter=4, kernel=(1, 1), no_bias=True)
+    right = mx.sym.Convolution(data, shared, name="right", num_filter=4, kernel=(1, 1), no_bias=True)
+    graph = graph_of(conv(mx.sym.relu(left) + mx.sym.relu(right), "head", 2))
+    pruned = graph.copy()
+    weight = np.array(pruned.params["shared_weight"])
+    weight[:2] = 0
+    pruned.set_param("shared_weight", weight)
+    smaller, report = drop_channels(pruned)
+    assert report.dropped == 0
+    assert any("shared" in a.detail for a in report.rewrite.attempts)
+
+
 @pytest.mark.parametrize("fix_gamma", [True, False])
 def test_batchnorm_constants_follow_fix_gamma(fix_gamma):
     """fix_gamma=True (MXNet's default) ignores the stored gamma: the constant a zeroed

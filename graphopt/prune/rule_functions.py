@@ -7,7 +7,7 @@ from __future__ import annotations
 import weakref
 
 from graphopt.ir.graph import Graph
-from graphopt.prune.coupling import ChannelGroup, channel_groups, refusal, signature
+from graphopt.prune.coupling import ChannelGroup, channel_groups, signature
 from graphopt.prune.drop import plan_drop
 from graphopt.rewrite.edits import GraphChanges
 from graphopt.rewrite.match import Ref
@@ -32,6 +32,7 @@ class _Groups:
         self.groups = channel_groups(graph)
         self.signatures = {id(g): signature(graph, g) for g in self.groups}
         self.by_producer = {p.node: g for g in self.groups for p in g.producers}
+        self.refused = dict(graph.derived.get("channel_refusals", {}))
         self.handed_out = set()
 
     def group(self, graph: Graph, producer: str) -> tuple[ChannelGroup | None, bool]:
@@ -41,6 +42,8 @@ class _Groups:
             return group, False
         if group is not None and id(group) in self.handed_out:
             return group, True
+        if group is None and producer in self.refused:   # dropping never makes it followable
+            return None, False
         self.refresh(graph)
         return self.by_producer.get(producer), False
 
@@ -59,8 +62,8 @@ def zeroed_channel_drop(producer: Ref) -> GraphChanges:
         cache = _CACHE[graph] = _Groups(graph)
     group, dropped = cache.group(graph, producer.name)
     if group is None:
-        raise NoRewrite(f"{producer.name!r} makes no channel group: "
-                        f"{refusal(graph, producer.name) or 'its output channels are not followed'}")
+        why = cache.refused.get(producer.name) or "its output channels are not followed"
+        raise NoRewrite(f"{producer.name!r} makes no channel group: {why}")
     if dropped:
         raise NoRewrite(f"{group.describe()}: its zeroed channels were dropped")
     plan = plan_drop(graph, group)
