@@ -217,6 +217,7 @@ def test_bad_input_is_refused_before_training(resnet_teacher, digits, tmp_path):
             temperature=0.0, alpha=1.5)
     refused(GraphoptError, "a teacher is needed unless alpha = 1", teacher=None)
     refused(GraphoptError, "lr_schedule must be one of", lr_schedule="step")
+    refused(DataError, "one-shot iterator", train_data=(batch for batch in [(x, y)]))
     refused(GraphoptError, "no built-in student 'resnet'", student="builtin:resnet")
     refused(DataError, "no 'data'", train_data=_npz(tmp_path.parent / "bad.npz", images=x))
 
@@ -233,8 +234,9 @@ def test_a_gluon_student_is_trained_in_place_and_exported(resnet_teacher, digits
     student.initialize(mx.init.Xavier())
     before = student(mx.nd.array(x_test[:4])).asnumpy()
     result = graphopt.distill(resnet_teacher, student, (x_train[:FEW], y_train[:FEW]),
-                              (x_test, y_test), epochs=1)
-    assert result.block is student
+                              (x_test, y_test), epochs=1,
+                              optimizer=mx.optimizer.SGD(learning_rate=0.05, momentum=0.9))
+    assert result.block is student and result.settings["optimizer"] == "SGD"
     after = student(mx.nd.array(x_test)).asnumpy()
     assert not np.allclose(before, after[:4])
     # the exported graph computes what the block computes

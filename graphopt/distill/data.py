@@ -97,6 +97,9 @@ def as_training_data(data: Any, role: str = "train_data") -> ArrayData | LoaderD
     if isinstance(data, tuple) and len(data) == 2:
         return _checked_arrays(data[0], data[1], role)
     if hasattr(data, "__iter__") and not isinstance(data, (dict, list)):
+        if iter(data) is data:
+            raise DataError(f"{role}: a one-shot iterator (a generator, say) cannot be read once "
+                            f"per epoch; give a DataLoader or another re-iterable of batches")
         return LoaderData(data, role)
     raise DataError(f"{role}: expected 'digits', a .npz path, an array x, a pair (x, y) or a "
                     f"DataLoader, got {type(data).__name__}")

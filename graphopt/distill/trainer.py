@@ -325,6 +325,9 @@ def _schedule(name: str | None, learning_rate: float, epochs: int,
 
 def _optimizer(block, optimizer, learning_rate, optimizer_params, scheduler) -> gluon.Trainer:
     if isinstance(optimizer, mx.optimizer.Optimizer):
+        if scheduler is not None or optimizer_params:
+            raise GraphoptError("an Optimizer object carries its own learning rate and schedule: "
+                                "give lr_schedule and optimizer_params only with an optimizer name")
         return gluon.Trainer(block.collect_params(), optimizer)
     options = {"learning_rate": learning_rate, **(optimizer_params or {})}
     if scheduler is not None:
