@@ -6,6 +6,7 @@ SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) over the logits, ref the float32 mo
 """
 
 import json
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -244,3 +245,28 @@ def test_zoo_models_run_in_int8_in_mxnet(name, min_sqnr, tmp_path):
     assert sqnr(reference, quantized) >= min_sqnr
     assert any(n["op"] == "_sg_mkldnn_conv" and n["attrs"].get("quantized") == "true"
                for n in _saved_nodes(saved_symbol))
+
+
+def test_the_command_line_writes_mxnet_int8(digits, tmp_path, capsys):
+    """``graphopt quantize ... --to mxnet``: the model is folded, calibrated on the .npz and
+    written as MXNet's int8 model, which reloads and runs as accurately as float."""
+    from graphopt.cli import main
+    x_train, _, x_test, y_test = digits
+    calibration_data = tmp_path / "calibration.npz"
+    np.savez(calibration_data, data=x_train[:CALIBRATION_SAMPLES])
+    symbol_path, params_path = build.fixture_path("resnet_digits")
+    prefix = tmp_path / "resnet-int8"
+    code = main(["quantize", str(symbol_path), "--input", "data:1x1x28x28", "--calib",
+                 str(calibration_data), "--method", "minmax", "--to", "mxnet", "-o", str(prefix),
+                 "--report", str(tmp_path / "report.json"), "--exclude", "resnet_dense0_fwd"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["mxnet_int8"]["float"]) == ["resnet_dense0_fwd"]
+    net = mx.gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data"], f"{prefix}-0000.params")
+    quantized = net(mx.nd.array(x_test)).asnumpy()
+    reference = run_mxnet(graphopt.load(symbol_path, params_path, inputs={"data": (1, 1, 28, 28)}),
+                          {"data": x_test})
+    reference = next(iter(reference.values()))
+    assert build.accuracy(quantized, y_test) >= build.accuracy(reference, y_test) - MAX_ACCURACY_DROP
+    assert sum(n["op"] == "_sg_mkldnn_conv" and n["attrs"].get("quantized") == "true"
+               for n in _saved_nodes(Path(f"{prefix}-symbol.json"))) == 9
