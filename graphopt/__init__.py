@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as _np
 
 from graphopt.errors import (CalibrationError, EnvironmentMismatchError, GraphError,
-                             GraphoptError, ModelFileError, ParameterError, RuleError, ShapeError,
-                             UnknownOpError, UnsupportedOpError)
+                             GraphoptError, ModelFileError, ParameterError, PruneError, RuleError,
+                             ShapeError, UnknownOpError, UnsupportedOpError)
 
 
 def _check_numpy() -> None:
@@ -56,4 +56,4 @@ __all__ = ["Graph", "Node", "Tensor", "TensorType", "load", "from_block", "save_
            "compare", "rewrite", "prune", "calibrate", "inspect_graph", "distill", "DistillResult",
            "GraphoptError", "ModelFileError", "UnknownOpError", "ParameterError", "ShapeError",
            "GraphError", "RuleError", "UnsupportedOpError", "EnvironmentMismatchError",
-           "CalibrationError"]
+           "CalibrationError", "PruneError"]
