@@ -276,7 +276,8 @@ def test_lenet_half_its_filters_dropped(lenet, heldout):
     assert report.after["params"] < 0.26 * report.before["params"]  # measured 43,249 of 170,988
     # measured 0.8997 (323/359) before fine-tuning, against 0.9944 unpruned: the masked
     # model's accuracy, which dropping does not change
-    assert accuracy(smaller, heldout) == pytest.approx(0.8997, abs=0.003)
+    # (2 images of slack: another CPU's kernels may flip a borderline prediction)
+    assert accuracy(smaller, heldout) == pytest.approx(0.8997, abs=0.006)
 
 
 def test_a_coupling_the_analysis_cannot_follow_leaves_the_layer_alone_and_says_why(tmp_path):
