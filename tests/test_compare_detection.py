@@ -78,6 +78,9 @@ def test_a_wrong_layer_makes_the_detections_differ_and_per_layer_names_it(monkey
 
 def test_the_command_line_judges_detections_and_can_be_told_not_to(saturated_centernet, tmp_path,
                                                                     capsys):
+    """From files, as a user runs it. CenterNet's symbol cannot even be loaded without input
+    shapes (MXNet's partial inference fails at its topk), so compare loads it with the shapes
+    of --data."""
     graph, arrays, model = saturated_centernet
     prefix = tmp_path / "centernet"
     graphopt.save_mxnet(graph, prefix)
