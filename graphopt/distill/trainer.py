@@ -182,7 +182,10 @@ def _prepare(teacher, student, train_data, val_data, alpha: float, batch_size: i
     classes = _classes(teacher_sample, train, first_y)
     trainee = _trainee(student, classes, seed, first_x)
     _check_input_shape(first_x, trainee.declared_input_shape, "student", train.source)
-    _check_outputs(teacher_sample, _student_logits(trainee.block, first_x))
+    student_sample = _student_logits(trainee.block, first_x)
+    _check_outputs(teacher_sample, student_sample)
+    classes = int(student_sample.shape[1])  # the teacher's (just checked) or, without one, the
+    # student's own: labels 0..8 of a 10-class student are fine
     check_label_range(first_y, classes, train.source)
     if isinstance(train, ArrayData):
         check_label_range(train.y, classes, train.source)
@@ -223,7 +226,8 @@ def _first_batch(data: ArrayData | LoaderData, batch_size: int):
 
 def _classes(teacher_sample: np.ndarray | None, train: ArrayData | LoaderData,
              first_y: np.ndarray | None) -> int:
-    """The number of classes: the teacher's output width, else the labels' (alpha = 1)."""
+    """The number of classes a built-in student is made with: the teacher's output width, else
+    the labels' (alpha = 1)."""
     if teacher_sample is not None:
         if teacher_sample.ndim != 2:
             raise ShapeError(f"the teacher's output must be class logits (N, classes); it has "
