@@ -125,7 +125,8 @@ def test_fixture_models_drop_their_zeroed_channels_exactly(name, tmp_path):
 # --- Gluon architectures: SE, U-Net (Deconvolution + concat skip), ResNeXt + DenseNet ----------
 
 IMAGE_ARCHITECTURES = ["unet", "squeeze_excite", "resnext_densenet", "conv1d", "conv3d",
-                       "activations", "float64", "deeplab_aspp", "wavenet"]
+                       "activations", "float64", "deeplab_aspp", "wavenet", "ssd", "yolov3",
+                       "centernet", "simple_pose", "style_transfer"]
 
 
 @pytest.mark.parametrize("name", IMAGE_ARCHITECTURES)

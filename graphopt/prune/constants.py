@@ -84,13 +84,19 @@ def _pads_nothing(graph: Graph, node: str) -> bool:
 
 
 def _depthwise(graph: Graph, producer: Producer, data: np.ndarray) -> np.ndarray:
+    """Output k filters input k // multiplier alone: its bias if its filter is zero; else
+    ``c * sum(filter) + bias`` for a constant input c when no padding (or c == 0) makes the
+    borders differ. A transposed depthwise conv spreads a constant unevenly unless c == 0."""
     weight = graph.params[producer.weight].astype(np.float64)
+    if producer.op == "Deconvolution":   # (C_in, multiplier, ...) -> one filter per output
+        weight = weight.reshape(-1, *weight.shape[2:])
     out_channels = weight.shape[0]
     multiplier = out_channels // len(data)
     bias = _bias(graph, bias_of(graph, producer.node), out_channels)
     incoming = np.repeat(data, multiplier)
     sums = weight.reshape(out_channels, -1).sum(axis=1)
-    usable = np.isfinite(incoming) & ((incoming == 0) | _pads_nothing(graph, producer.node))
+    evenly = producer.op == "Convolution" and _pads_nothing(graph, producer.node)
+    usable = np.isfinite(incoming) & ((incoming == 0) | evenly)
     values = np.where(usable, np.nan_to_num(incoming) * sums + bias, np.nan)
     return np.where(_rows_zero(weight), bias, values)
 
@@ -180,7 +186,7 @@ def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
 INDEX_OPS = ("Concat", "SliceChannel", "slice_axis", "slice", "Flatten", "Reshape", "squeeze",
              "expand_dims", "transpose", "SwapAxis")
 SPATIAL_OPS = ("Pooling", "UpSampling", "_contrib_AdaptiveAvgPooling2D",
-               "_contrib_BilinearResize2D", "Pad")
+               "_contrib_BilinearResize2D", "Pad", "slice_like")
 
 
 def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndarray]:

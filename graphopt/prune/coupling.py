@@ -387,6 +387,8 @@ class _Analysis:
             "max": self.reduce, "min": self.reduce, "InstanceNorm": self.instance_norm,
             "squeeze": self.axes_after_channels, "expand_dims": self.axes_after_channels,
             "transpose": self.axes_after_channels, "SwapAxis": self.axes_after_channels,
+            "_contrib_MultiBoxPrior": self.spatial_shape_only, "slice_like": self.slice_like,
+            "_contrib_arange_like": self.arange_like,
         }.get(op)
         if handler is None:
             if op in UNARY_ELEMENTWISE or op in BINARY_ELEMENTWISE:
@@ -488,7 +490,22 @@ class _Analysis:
             return found if isinstance(found, str) else "channels-last layout"
         weight, bias = found
         groups = int(self.attr(node, "num_group") or 1)
-        atoms = self.fresh(node.outputs[0].shape[1])
+        data = self.inputs(node)[0]
+        in_channels = self.graph.tensor_type(data).shape[1]
+        out_channels = node.outputs[0].shape[1]
+        if groups == in_channels > 1 and out_channels % groups == 0 and data in self.maps:
+            # depthwise (a bilinear-style upsampler): weight (C_in, multiplier, ...), output
+            # channel k upsamples input channel k // multiplier on its own. Its weight rows
+            # follow the input channels; the bias follows the outputs.
+            multiplier = out_channels // groups
+            atoms = [self.maps[data][k // multiplier] for k in range(out_channels)]
+            params = [(bias, 0)] if bias else []
+            self.throughs.append(Through(node.name, node.op, [data], [Tensor(node.name, 0)], params))
+            self.producers.append(Producer(node.name, node.op, weight, bias, 1, (), groups, True))
+            self.maps[Tensor(node.name, 0)] = atoms
+            self.producer_atoms[node.name] = atoms
+            return None
+        atoms = self.fresh(out_channels)
         self.maps[Tensor(node.name, 0)] = atoms
         self.producers.append(Producer(node.name, node.op, weight, bias, 1, (), groups))
         self.producer_atoms[node.name] = atoms
@@ -665,6 +682,32 @@ class _Analysis:
         if moves or out_rank < 2:
             return "it moves the channel axis"
         self.through(node, [data], self.maps[data])
+        return None
+
+    def spatial_shape_only(self, node: Node) -> str | None:
+        """Anchors from the feature map's height and width: the channels do not matter."""
+        return None
+
+    def arange_like(self, node: Node) -> str | None:
+        data = self.inputs(node)[0]
+        axis = self.attr(node, "axis")
+        rank = len(self.graph.tensor_type(data).shape)
+        if (data in self.maps or data in self.flat) and (axis is None or int(axis) % rank == 1):
+            return "it counts the channels"
+        return None
+
+    def slice_like(self, node: Node) -> str | None:
+        """Cut ``data`` to the size of ``shape_like`` along ``axes``: the channels of
+        ``shape_like`` do not matter, and ``data`` keeps its own unless axis 1 is cut."""
+        data, like = self.inputs(node)[:2]
+        rank = len(node.outputs[0].shape)
+        axes = tuple(self.attr(node, "axes") or ())
+        if not axes or 1 in {a % rank for a in axes}:
+            return "unknown" if any(t in self.maps or t in self.flat for t in (data, like)) else None
+        if like in self.flat or data in self.flat:
+            return "unknown"
+        if data in self.maps:
+            self.through(node, [data], self.maps[data])
         return None
 
     # index maps --------------------------------------------------------------------------------

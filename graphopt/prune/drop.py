@@ -327,8 +327,11 @@ def _through_changes(graph: Graph, group: ChannelGroup, arrays: _Arrays, attrs: 
     keep_out = _kept_positions(_channels(group, output), drop)
     for param, axis in through.params:
         arrays.set(param, np.take(arrays.get(param), keep_out, axis=axis))
-    if node.op == "Convolution":   # depthwise
+    if node.op in ("Convolution", "Deconvolution"):   # depthwise
         keep_in = _kept_positions(_channels(group, through.inputs[0]), drop)
+        if node.op == "Deconvolution":   # weight (C_in, multiplier, ...): rows are inputs
+            weight = graph.input_of(node.name, 1).node
+            arrays.set(weight, np.take(arrays.get(weight), keep_in, axis=0))
         attrs.append((node.name, "num_filter", len(keep_out)))
         attrs.append((node.name, "num_group", len(keep_in)))
     elif node.op == "Reshape":
