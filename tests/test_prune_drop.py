@@ -211,6 +211,21 @@ def test_concat_of_a_tensor_with_itself_repeats_its_channels_and_a_slice_after_i
     assert smaller.node("a").outputs[0].shape[1] < width
 
 
+def test_a_depthwise_conv_filters_its_channels_in_the_group_of_their_producer():
+    """MobileNet's pattern: 1x1 conv -> depthwise 3x3 (multiplier 2) -> 1x1 conv. The depthwise
+    filters are listed with the group (depthwise=True), output k filtering channel k // 2."""
+    data = mx.sym.Variable("data")
+    pointwise = mx.sym.relu(conv(data, "pw", 4))
+    depthwise = conv(pointwise, "dw", 8, 3, num_group=4)
+    graph = graph_of(conv(mx.sym.relu(depthwise), "out", 3))
+    group = group_with(graph, "pw")
+    by_node = {p.node: p for p in group.producers}
+    assert by_node["dw"].depthwise and not by_node["pw"].depthwise
+    assert by_node["dw"].channels == tuple(c for c in by_node["pw"].channels for _ in range(2))
+    assert [c.node for c in group.consumers] == ["out"]
+    check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
+
+
 def test_a_graph_output_in_the_middle_keeps_its_channels_and_says_so():
     data = mx.sym.Variable("data")
     features = mx.sym.relu(conv(data, "features", 6), name="features_relu")
