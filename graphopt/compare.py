@@ -153,14 +153,17 @@ class CompareReport:
 
     @property
     def ok(self) -> bool:
-        by_detection = set(self.detection.layout.names) if self.detection else set()
-        return (bool(self.outputs) and not self.missing_outputs
-                and all(o.passed for o in self.outputs if o.name not in by_detection)
+        return (bool(self.outputs) and not self.missing_outputs and not self.failed_outputs
                 and (self.detection is None or self.detection.ok))
 
     @property
+    def judged_as_detections(self) -> set[str]:
+        return set(self.detection.layout.names) if self.detection else set()
+
+    @property
     def failed_outputs(self) -> list[TensorComparison]:
-        return [o for o in self.outputs if not o.passed]
+        """Outputs outside the tolerance (those judged as detections are judged there)."""
+        return [o for o in self.outputs if not o.passed and o.name not in self.judged_as_detections]
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -191,7 +194,7 @@ class CompareReport:
         lines.append("")
         lines.append(f"  {'output':<36} {'shape':<18} {'max abs err':>11} {'rel err':>9} "
                      f"{'top-1':>7}  result")
-        by_detection = set(self.detection.layout.names) if self.detection else set()
+        by_detection = self.judged_as_detections
         for o in self.outputs:
             top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f}%"
             result = "ok" if o.passed else "FAIL"
@@ -214,12 +217,15 @@ class CompareReport:
         if self.ok:
             lines.append(f"result: OK, {len(self.outputs)} output(s) within tolerance"
                          + (", detections matched" if self.detection else ""))
-        elif self.detection is not None and not self.detection.ok:
-            lines.append("result: FAIL, the detections differ")
         else:
+            problems = []
             failed = len(self.failed_outputs) + len(self.missing_outputs)
-            lines.append(f"result: FAIL, {failed} of {len(self.outputs) + len(self.missing_outputs)} "
-                         f"output(s) outside tolerance or missing")
+            if failed or not self.outputs:
+                problems.append(f"{failed} of {len(self.outputs) + len(self.missing_outputs)} "
+                                f"output(s) outside tolerance or missing")
+            if self.detection is not None and not self.detection.ok:
+                problems.append("the detections differ")
+            lines.append(f"result: FAIL, {'; '.join(problems)}")
         return "\n".join(lines)
 
     def _format_layers(self) -> list[str]:
