@@ -31,15 +31,10 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.mxnet_io.symbol_json import format_attrs
-from graphopt.prune.coupling import ChannelGroup, Producer, Through, bias_of, reduced_axes
-from graphopt.schema import attr_or_default
+from graphopt.prune.coupling import (ChannelGroup, Producer, Through, bias_of, node_attr,
+                                     pads_nothing, reduced_axes)
 
 MULTIPLY_OPS = {"elemwise_mul", "broadcast_mul", "_mul_scalar"}
-
-
-def _attr(graph: Graph, node: str, key: str):
-    n = graph.node(node)
-    return attr_or_default(n.op, n.attrs, key, None)
 
 
 _ZERO_ROWS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
@@ -79,10 +74,6 @@ def producer_constants(graph: Graph, producer: Producer) -> np.ndarray:
     return np.where(zero, bias, np.nan)
 
 
-def _pads_nothing(graph: Graph, node: str) -> bool:
-    return not any(_attr(graph, node, "pad") or ())
-
-
 def _depthwise(graph: Graph, producer: Producer, data: np.ndarray) -> np.ndarray:
     """Output k filters input k // multiplier alone: its bias if its filter is zero; else
     ``c * sum(filter) + bias`` for a constant input c when no padding (or c == 0) makes the
@@ -95,7 +86,7 @@ def _depthwise(graph: Graph, producer: Producer, data: np.ndarray) -> np.ndarray
     bias = _bias(graph, bias_of(graph, producer.node), out_channels)
     incoming = np.repeat(data, multiplier)
     sums = weight.reshape(out_channels, -1).sum(axis=1)
-    evenly = producer.op == "Convolution" and _pads_nothing(graph, producer.node)
+    evenly = producer.op == "Convolution" and pads_nothing(graph, producer.node)
     usable = np.isfinite(incoming) & ((incoming == 0) | evenly)
     values = np.where(usable, np.nan_to_num(incoming) * sums + bias, np.nan)
     return np.where(_rows_zero(weight), bias, values)
@@ -103,9 +94,9 @@ def _depthwise(graph: Graph, producer: Producer, data: np.ndarray) -> np.ndarray
 
 def _batchnorm(graph: Graph, through: Through, data: np.ndarray) -> np.ndarray:
     gamma, beta, mean, var = (graph.params[name].astype(np.float64) for name, _ in through.params)
-    if _attr(graph, through.node, "fix_gamma"):
+    if node_attr(graph, through.node, "fix_gamma"):
         gamma = np.ones_like(gamma)
-    eps = float(_attr(graph, through.node, "eps"))
+    eps = float(node_attr(graph, through.node, "eps"))
     return (data - mean) / np.sqrt(var + eps) * gamma + beta
 
 
@@ -136,7 +127,7 @@ def _elementwise(graph: Graph, group: ChannelGroup, through: Through,
     otherwise = np.where(zero, 0.0, np.nan) if multiply else np.full(channels, np.nan)
     if not known.any():
         return otherwise
-    if len(arrays) == 1 and (node.op == "relu" or (node.op == "Activation" and _attr(
+    if len(arrays) == 1 and (node.op == "relu" or (node.op == "Activation" and node_attr(
             graph, through.node, "act_type") == "relu")):   # the common case, without MXNet
         return np.where(known, np.maximum(arrays[0].reshape(-1), 0.0), otherwise)
     try:
@@ -158,29 +149,23 @@ def _spatial(graph: Graph, through: Through, data: np.ndarray) -> np.ndarray:
     op = graph.node(node).op
     keeps = True
     if op == "Pooling":
-        pool_type = _attr(graph, node, "pool_type")
-        if _attr(graph, node, "global_pool"):
+        pool_type = node_attr(graph, node, "pool_type")
+        if node_attr(graph, node, "global_pool"):
             keeps = pool_type in ("max", "avg")
         elif pool_type == "max":
-            keeps = _attr(graph, node, "pooling_convention") in ("valid", "full")
+            keeps = node_attr(graph, node, "pooling_convention") in ("valid", "full")
         elif pool_type == "avg":
-            keeps = _attr(graph, node, "pooling_convention") in ("valid", "full") and (
-                not _attr(graph, node, "count_include_pad") or _pads_nothing(graph, node))
+            keeps = node_attr(graph, node, "pooling_convention") in ("valid", "full") and (
+                not node_attr(graph, node, "count_include_pad") or pads_nothing(graph, node))
         else:   # sum, lp: a border window sums fewer pixels
             keeps = False
     elif op == "Pad":
-        if _attr(graph, node, "mode") == "constant":
-            constant = float(_attr(graph, node, "constant_value") or 0.0)
+        if node_attr(graph, node, "mode") == "constant":
+            constant = float(node_attr(graph, node, "constant_value") or 0.0)
             return np.where(data == constant, data, np.nan)
     if keeps:
         return data
     return np.where(data == 0, 0.0, np.nan)
-
-
-def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
-    if tensor in group.tensors:
-        return group.tensors[tensor]
-    return group.flat_tensors[tensor][0]
 
 
 INDEX_OPS = ("Concat", "SliceChannel", "slice_axis", "slice", "Flatten", "Reshape", "squeeze",
@@ -207,16 +192,16 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
             for tensor in through.inputs:
                 if tensor not in values:   # a tensor outside the group (its channels pinned)
                     continue
-                for channel, value in zip(_channels(group, tensor), values[tensor]):
+                for channel, value in zip(group.channels_of(tensor), values[tensor]):
                     known.setdefault(channel, value)
             for tensor in through.outputs:
-                values[tensor] = np.array([known.get(c, np.nan) for c in _channels(group, tensor)],
+                values[tensor] = np.array([known.get(c, np.nan) for c in group.channels_of(tensor)],
                                           dtype=np.float64)
             continue
         output = through.outputs[0]
         data = values.get(through.inputs[0]) if through.inputs else None
         if data is None:
-            data = np.full(len(_channels(group, output)), np.nan)
+            data = np.full(len(group.channels_of(output)), np.nan)
         if through.node in depthwise:
             result = _depthwise(graph, depthwise[through.node], data)
         elif op == "BatchNorm":
@@ -232,6 +217,6 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
             shape = graph.tensor_type(through.inputs[0]).shape
             result = data * math.prod(shape[a] for a in reduced_axes(graph, through.node))
         else:
-            result = _elementwise(graph, group, through, values, len(_channels(group, output)))
+            result = _elementwise(graph, group, through, values, len(group.channels_of(output)))
         values[output] = result
     return values

@@ -168,6 +168,12 @@ class ChannelGroup:
             + [c.node for c in self.consumers]
         return list(dict.fromkeys(names))
 
+    def channels_of(self, tensor: Tensor) -> tuple[int, ...]:
+        """The group channel of each channel position of ``tensor`` (flattened ones too)."""
+        if tensor in self.tensors:
+            return self.tensors[tensor]
+        return self.flat_tensors[tensor][0]
+
     def describe(self) -> str:
         producers = ", ".join(p.node for p in self.producers) or "no producer"
         return f"channel group {self.index} ({self.size} channels; producers {producers})"
@@ -225,6 +231,17 @@ def refusal(graph: Graph, node: str) -> str | None:
     """Why the analysis did not follow op ``node`` (None if it did, or never met it)."""
     channel_groups(graph)
     return graph.derived.get("channel_refusals", {}).get(node)
+
+
+def node_attr(graph: Graph, node: str, key: str):
+    """Attribute ``key`` of op ``node``: explicit if set, else MXNet's default (None if none)."""
+    n = graph.node(node)
+    return attr_or_default(n.op, n.attrs, key, None)
+
+
+def pads_nothing(graph: Graph, node: str) -> bool:
+    """The op (a convolution or pooling) adds no padding."""
+    return not any(node_attr(graph, node, "pad") or ())
 
 
 def reduced_axes(graph: Graph, node: str) -> set[int] | None:

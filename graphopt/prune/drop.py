@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.prune.constants import channel_constants
-from graphopt.prune.coupling import ChannelGroup, Consumer, bias_of, channel_groups
+from graphopt.prune.coupling import (ChannelGroup, Consumer, bias_of, channel_groups, node_attr,
+                                     pads_nothing)
 from graphopt.rewrite.edits import GraphChanges
 from graphopt.rewrite.report import Report
-from graphopt.schema import attr_or_default
 
 RULE = "drop_zeroed_channels"
 
@@ -64,17 +63,6 @@ class DropPlan:
         return f"{self.group.describe()}: zeroed channels kept: {listed or 'none'}"
 
 
-def _attr(graph: Graph, node: str, key: str) -> Any:
-    n = graph.node(node)
-    return attr_or_default(n.op, n.attrs, key, None)
-
-
-def _channels(group: ChannelGroup, tensor: Tensor) -> tuple[int, ...]:
-    if tensor in group.tensors:
-        return group.tensors[tensor]
-    return group.flat_tensors[tensor][0]
-
-
 # --- choosing the channels -----------------------------------------------------------------------
 
 SPREADS = "spreads"   # a constant a linear layer spreads unevenly: it needs the carrier channel
@@ -88,7 +76,7 @@ def _spreads_constants(graph: Graph, consumer: Consumer) -> bool:
     carrier. (For one conv group; grouped layers keep such channels.)"""
     if consumer.op == "Deconvolution":
         return True
-    return consumer.op == "Convolution" and any(_attr(graph, consumer.node, "pad") or ())
+    return consumer.op == "Convolution" and not pads_nothing(graph, consumer.node)
 
 
 def _fold_problem(graph: Graph, consumer: Consumer, value: float) -> str | None:
@@ -161,7 +149,7 @@ def _choose(graph: Graph, group: ChannelGroup, values: dict[Tensor, np.ndarray],
     while changed:
         changed = False
         for tensor in list(group.tensors) + list(group.flat_tensors):
-            channels = _channels(group, tensor)
+            channels = group.channels_of(tensor)
             if channels and all(c in drop for c in channels):
                 drop.discard(channels[0])
                 plan.kept[channels[0]] = (f"the last channel of {graph.tensor_name(tensor)} "
@@ -324,30 +312,30 @@ def _through_changes(graph: Graph, group: ChannelGroup, arrays: _Arrays, attrs: 
     if not through.outputs:
         return
     output = through.outputs[0]
-    keep_out = _kept_positions(_channels(group, output), drop)
+    keep_out = _kept_positions(group.channels_of(output), drop)
     for param, axis in through.params:
         arrays.set(param, np.take(arrays.get(param), keep_out, axis=axis))
     if node.op in ("Convolution", "Deconvolution"):   # depthwise
-        keep_in = _kept_positions(_channels(group, through.inputs[0]), drop)
+        keep_in = _kept_positions(group.channels_of(through.inputs[0]), drop)
         if node.op == "Deconvolution":   # weight (C_in, multiplier, ...): rows are inputs
             weight = graph.input_of(node.name, 1).node
             arrays.set(weight, np.take(arrays.get(weight), keep_in, axis=0))
         attrs.append((node.name, "num_filter", len(keep_out)))
         attrs.append((node.name, "num_group", len(keep_in)))
     elif node.op == "Reshape":
-        codes = tuple(_attr(graph, node.name, "shape"))
+        codes = tuple(node_attr(graph, node.name, "shape"))
         if len(codes) > 1 and codes[1] > 0 and output in group.tensors:
             attrs.append((node.name, "shape", codes[:1] + (len(keep_out),) + codes[2:]))
     elif node.op in ("slice_axis", "slice"):
         source = through.inputs[0]
-        channels = _channels(group, source)
+        channels = group.channels_of(source)
         keep_in = _kept_positions(channels, drop)
         if node.op == "slice_axis":
-            if int(_attr(graph, node.name, "axis")) % len(graph.tensor_type(source).shape) != 1:
+            if int(node_attr(graph, node.name, "axis")) % len(graph.tensor_type(source).shape) != 1:
                 return
-            begin, end = _attr(graph, node.name, "begin"), _attr(graph, node.name, "end")
+            begin, end = node_attr(graph, node.name, "begin"), node_attr(graph, node.name, "end")
         else:
-            begins, ends = tuple(_attr(graph, node.name, "begin")), tuple(_attr(graph, node.name, "end"))
+            begins, ends = tuple(node_attr(graph, node.name, "begin")), tuple(node_attr(graph, node.name, "end"))
             if len(begins) < 2:
                 return
             begin, end = begins[1], ends[1] if len(ends) > 1 else None
@@ -357,7 +345,7 @@ def _through_changes(graph: Graph, group: ChannelGroup, arrays: _Arrays, attrs: 
             attrs.append((node.name, "begin", new_begin))
             attrs.append((node.name, "end", new_end))
         else:
-            ends = tuple(_attr(graph, node.name, "end"))
+            ends = tuple(node_attr(graph, node.name, "end"))
             attrs.append((node.name, "begin", begins[:1] + (new_begin,) + begins[2:]))
             attrs.append((node.name, "end", (ends[:1] if ends else (None,)) + (new_end,) + ends[2:]))
 
