@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from graphopt.cli import _load, _model_arguments, _print_json
 
@@ -92,9 +91,10 @@ def cmd_quantize(args) -> int:
         summary["mxnet_int8"] = {"int8": [layer.node for layer in int8_report.int8],
                                  "float": {layer.node: layer.reason for layer in int8_report.float}}
         write = lambda: graphopt.save_mxnet(qgraph, args.output)  # noqa: E731
+    report = json.dumps(summary, indent=2).encode()   # everything computed before any write
     write()
     if args.report:
-        atomic_write_bytes(args.report, json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(args.report, report)
     if args.json:
         _print_json(summary)
     else:
