@@ -89,7 +89,8 @@ def as_training_data(data: Any, role: str = "train_data") -> ArrayData | LoaderD
     if isinstance(data, str) and data == DIGITS_NAME:
         x_train, y_train, x_heldout, y_heldout = digits()
         x, y = (x_train, y_train) if role == "train_data" else (x_heldout, y_heldout)
-        return _checked_arrays(x, y, f"digits ({'training' if role == 'train_data' else 'held-out'} split)")
+        split = "training" if role == "train_data" else "held-out"
+        return _checked_arrays(x, y, f"digits ({split} split)")
     if isinstance(data, (str, os.PathLike)):
         return _read_npz(Path(data))
     if isinstance(data, np.ndarray) or isinstance(data, mx.nd.NDArray):

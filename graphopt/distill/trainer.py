@@ -96,8 +96,8 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     Loss: ``alpha * CE + (1 - alpha) * T^2 * KL`` (:mod:`graphopt.distill.loss`).
     ``optimizer``: a Gluon optimizer name (with ``learning_rate`` and ``optimizer_params``) or
     an ``mx.optimizer.Optimizer``. ``lr_schedule="cosine"`` decays the learning rate to 0 along
-    a half cosine over all steps (None: constant). ``seed`` fixes initialisation, shuffling and dropout: the
-    same call gives the same history.
+    a half cosine over all steps (None: constant). ``seed`` fixes initialisation, shuffling and
+    dropout: the same call gives the same history.
     ``teacher_cache``: ``"run"`` computes the teacher's logits of the training set once,
     ``"epoch"`` once per epoch (for a DataLoader: over the epoch's batches, drawn first),
     ``"batch"`` for each batch; ``"auto"`` is ``"run"`` for arrays, ``"epoch"`` for a loader.
@@ -348,8 +348,8 @@ class _Loop:
     """One object per run: the shuffler, the teacher's cache and the zero masks live here."""
 
     def __init__(self, block, teacher: Teacher | None, train: ArrayData | LoaderData,
-                 classes: int, batch_size: int, cache: str, temperature: float, alpha: float, seed: int,
-                 keep_zeros: bool, trainer: gluon.Trainer):
+                 classes: int, batch_size: int, cache: str, temperature: float, alpha: float,
+                 seed: int, keep_zeros: bool, trainer: gluon.Trainer):
         self.block, self.teacher, self.train, self.classes = block, teacher, train, classes
         self.batch_size, self.cache = batch_size, cache
         self.temperature, self.alpha = temperature, alpha
