@@ -113,7 +113,13 @@ def test_teacher_caches_give_the_same_training(resnet_teacher, digits):
     runs = {cache: graphopt.distill(resnet_teacher, "builtin:digits_cnn", (x, y), epochs=2,
                                     teacher_cache=cache)
             for cache in ("run", "epoch", "batch")}
-    runs["loader"] = graphopt.distill(resnet_teacher, "builtin:digits_cnn", loader, epochs=2)
+    x_val, y_val = digits[2][:100], digits[3][:100]
+    val_loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x_val, y_val), batch_size=32)
+    runs["loader"] = graphopt.distill(resnet_teacher, "builtin:digits_cnn", loader, val_loader,
+                                      epochs=2)
+    # validated batch by batch from the loader: the accuracy of the returned (best) student
+    assert runs["loader"].best_val_accuracy == held_out_accuracy(runs["loader"].student, x_val,
+                                                                 y_val)
     # (arrays are shuffled by the seed, the loader is not: compare the loader with itself)
     runs["loader-batch"] = graphopt.distill(resnet_teacher, "builtin:digits_cnn", loader,
                                             epochs=2, teacher_cache="batch")
