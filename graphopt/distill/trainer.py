@@ -97,7 +97,8 @@ def distill(teacher: ModelSource | None, student: gluon.HybridBlock | ModelSourc
     ``optimizer``: a Gluon optimizer name (with ``learning_rate`` and ``optimizer_params``) or
     an ``mx.optimizer.Optimizer``. ``lr_schedule="cosine"`` decays the learning rate to 0 along
     a half cosine over all steps (None: constant). ``seed`` fixes initialisation, shuffling and
-    dropout: the same call gives the same history.
+    dropout: the same call gives the same history, bit for bit across processes at the same
+    thread count (measured; with another OMP_NUM_THREADS oneDNN's sums change the last bits).
     ``teacher_cache``: ``"run"`` computes the teacher's logits of the training set once,
     ``"epoch"`` once per epoch (for a DataLoader: over the epoch's batches, drawn first),
     ``"batch"`` for each batch; ``"auto"`` is ``"run"`` for arrays, ``"epoch"`` for a loader.
