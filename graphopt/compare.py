@@ -163,7 +163,8 @@ class CompareReport:
     @property
     def failed_outputs(self) -> list[TensorComparison]:
         """Outputs outside the tolerance (those judged as detections are judged there)."""
-        return [o for o in self.outputs if not o.passed and o.name not in self.judged_as_detections]
+        judged = self.judged_as_detections
+        return [o for o in self.outputs if not o.passed and o.name not in judged]
 
     def to_dict(self) -> dict[str, Any]:
         out = {

@@ -314,6 +314,7 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     bottom = np.minimum(box[3], boxes[:, 3])
     intersection = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
     area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    areas = (np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
+             * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
     union = area + areas - intersection
     return np.where(union > 0, intersection / np.where(union > 0, union, 1), near * 1.0)

@@ -109,7 +109,7 @@ def _lenet():
     return fixture_path("lenet_digits")[0]
 
 
-# --- the matching rules, on hand-made detections ---------------------------------------------------
+# --- the matching rules, on hand-made detections -----------------------------------------------
 
 def _rows(*detections) -> np.ndarray:
     """One image's rows [id, score, x1, y1, x2, y2], padded with a row of -1 (box_nms)."""
