@@ -226,6 +226,23 @@ def test_a_depthwise_conv_filters_its_channels_in_the_group_of_their_producer():
     check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
 
 
+def test_one_channel_may_carry_different_constants_at_two_offsets_of_a_concat():
+    """concat(upsample(x), x): a depthwise Deconvolution passes x's channels on, so channel k
+    sits at offsets k and C + k, with the deconv's bias at the first and x's constant at the
+    second. Each is folded from its own position (found by a random graph search)."""
+    data = mx.sym.Variable("data")
+    features = conv(data, "features", 6, 3, no_bias=True)
+    up = mx.sym.Deconvolution(features, name="up", num_filter=6, num_group=6, kernel=(2, 2),
+                              no_bias=False)
+    up = mx.sym.slice(up, begin=(None, None, 0, 0), end=(None, None, 6, 6))
+    joined = mx.sym.Pooling(mx.sym.concat(up, features, dim=1), kernel=(3, 3), pad=(1, 1),
+                            pool_type="max")
+    graph = graph_of(conv(joined, "head", 2))
+    group = group_with(graph, "features")
+    assert group.tensors[graph.inputs_of("head")[0]] == tuple(range(6)) * 2
+    check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
+
+
 def test_a_graph_output_in_the_middle_keeps_its_channels_and_says_so():
     data = mx.sym.Variable("data")
     features = mx.sym.relu(conv(data, "features", 6), name="features_relu")

@@ -31,8 +31,8 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.mxnet_io.symbol_json import format_attrs
-from graphopt.prune.coupling import (ChannelGroup, Producer, Through, bias_of, node_attr,
-                                     pads_nothing, reduced_axes)
+from graphopt.prune.coupling import (ChannelGroup, Producer, Through, bias_of, channel_cut,
+                                     node_attr, pads_nothing, reduced_axes)
 
 MULTIPLY_OPS = {"elemwise_mul", "broadcast_mul", "_mul_scalar"}
 
@@ -174,6 +174,29 @@ SPATIAL_OPS = ("Pooling", "UpSampling", "_contrib_AdaptiveAvgPooling2D",
                "_contrib_BilinearResize2D", "Pad", "slice_like")
 
 
+def _index_map(graph: Graph, through: Through, values: dict[Tensor, np.ndarray]) -> list:
+    """The constants of an index op's outputs, position by position (never by channel: in
+    ``concat(deconv(x), x)`` one channel carries two different constants)."""
+    node = graph.node(through.node)
+    inputs = graph.inputs_of(through.node)
+
+    def value(tensor: Tensor) -> np.ndarray:
+        if tensor in values:
+            return values[tensor]
+        return np.full(graph.tensor_type(tensor).shape[1], np.nan)   # outside the group
+    if node.op == "Concat":
+        return [np.concatenate([value(t) for t in inputs])]
+    data = value(inputs[0])
+    if node.op == "SliceChannel":
+        parts = node.num_outputs
+        size = len(data) // parts
+        return [data[i * size:(i + 1) * size] for i in range(parts)]
+    if node.op in ("slice_axis", "slice"):
+        where = channel_cut(graph, node.name, len(data))
+        return [data if where is None else data[where[0]:where[1]]]
+    return [data]   # Flatten, Reshape, squeeze, expand_dims, transpose, SwapAxis
+
+
 def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndarray]:
     """The constant of every channel position of every tensor of ``group`` (NaN: not
     constant), computed with the graph's current parameters. Throughs are listed in
@@ -188,15 +211,8 @@ def channel_constants(graph: Graph, group: ChannelGroup) -> dict[Tensor, np.ndar
             continue
         op = graph.node(through.node).op
         if op in INDEX_OPS:
-            known: dict[int, float] = {}
-            for tensor in through.inputs:
-                if tensor not in values:   # a tensor outside the group (its channels pinned)
-                    continue
-                for channel, value in zip(group.channels_of(tensor), values[tensor]):
-                    known.setdefault(channel, value)
-            for tensor in through.outputs:
-                values[tensor] = np.array([known.get(c, np.nan) for c in group.channels_of(tensor)],
-                                          dtype=np.float64)
+            for tensor, result in zip(through.outputs, _index_map(graph, through, values)):
+                values[tensor] = result
             continue
         output = through.outputs[0]
         data = values.get(through.inputs[0]) if through.inputs else None

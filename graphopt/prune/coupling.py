@@ -257,6 +257,25 @@ def reduced_axes(graph: Graph, node: str) -> set[int] | None:
     return axes
 
 
+def channel_cut(graph: Graph, node: str, channels: int) -> tuple[int, int] | None:
+    """The positions [start, stop) of the ``channels`` a slice_axis / slice keeps, or None when
+    it does not cut axis 1."""
+    n = graph.node(node)
+    if n.op == "slice_axis":
+        rank = len(graph.tensor_type(graph.inputs_of(node)[0]).shape)
+        if int(node_attr(graph, node, "axis")) % rank != 1:
+            return None
+        begin, end = node_attr(graph, node, "begin"), node_attr(graph, node, "end")
+    else:
+        begins = tuple(node_attr(graph, node, "begin") or ())
+        ends = tuple(node_attr(graph, node, "end") or ())
+        if len(begins) < 2:
+            return None
+        begin, end = begins[1], ends[1] if len(ends) > 1 else None
+    start, stop, _ = slice(begin, end).indices(channels)
+    return start, max(start, stop)
+
+
 def bias_of(graph: Graph, node: str) -> str | None:
     """The bias parameter ``node`` reads now (slot 2), or None. Plans read it from the graph,
     not from a group's description: dropping a neighbouring group may give the node one."""
@@ -399,7 +418,7 @@ class _Analysis:
             "Convolution": self.convolution, "Deconvolution": self.deconvolution,
             "FullyConnected": self.fully_connected, "BatchNorm": self.batchnorm,
             "Concat": self.concat, "SliceChannel": self.slice_channel,
-            "slice_axis": self.slice_axis, "slice": self.slice, "Flatten": self.flatten,
+            "slice_axis": self.cut, "slice": self.cut, "Flatten": self.flatten,
             "Reshape": self.reshape, "mean": self.reduce, "sum": self.reduce,
             "max": self.reduce, "min": self.reduce, "InstanceNorm": self.instance_norm,
             "squeeze": self.axes_after_channels, "expand_dims": self.axes_after_channels,
@@ -764,37 +783,18 @@ class _Analysis:
             self.set_map(Tensor(node.name, i), atoms[i * size:(i + 1) * size])
         return None
 
-    def _cut(self, node: Node, begin, end, step=None) -> str | None:
+    def cut(self, node: Node) -> str | None:
+        """slice_axis / slice: the channels [start, stop) when axis 1 is cut, else all."""
         data = self.inputs(node)[0]
-        atoms = self.maps[data]
-        if step not in (None, 1):
+        if data not in self.maps:
+            return None if data not in self.flat else "unknown"
+        steps = tuple(self.attr(node, "step") or ()) if node.op == "slice" else ()
+        if len(steps) > 1 and steps[1] not in (None, 1):
             return "a slice with a step over the channels"
-        start, stop, _ = slice(begin, end).indices(len(atoms))
-        self.through(node, [data], atoms[start:stop])
+        atoms = self.maps[data]
+        where = channel_cut(self.graph, node.name, len(atoms))
+        self.through(node, [data], atoms if where is None else atoms[where[0]:where[1]])
         return None
-
-    def slice_axis(self, node: Node) -> str | None:
-        data = self.inputs(node)[0]
-        if data not in self.maps:
-            return None if data not in self.flat else "unknown"
-        rank = len(self.graph.tensor_type(data).shape)
-        if int(self.attr(node, "axis")) % rank != 1:
-            self.through(node, [data], self.maps[data])
-            return None
-        return self._cut(node, self.attr(node, "begin"), self.attr(node, "end"))
-
-    def slice(self, node: Node) -> str | None:
-        data = self.inputs(node)[0]
-        if data not in self.maps:
-            return None if data not in self.flat else "unknown"
-        begin = tuple(self.attr(node, "begin") or ())
-        end = tuple(self.attr(node, "end") or ())
-        step = tuple(self.attr(node, "step") or ())
-        if len(begin) < 2:
-            self.through(node, [data], self.maps[data])
-            return None
-        return self._cut(node, begin[1], end[1] if len(end) > 1 else None,
-                         step[1] if len(step) > 1 else None)
 
     def flatten(self, node: Node) -> str | None:
         data = self.inputs(node)[0]

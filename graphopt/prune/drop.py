@@ -32,8 +32,8 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Tensor
 from graphopt.prune.constants import channel_constants
-from graphopt.prune.coupling import (ChannelGroup, Consumer, bias_of, channel_groups, node_attr,
-                                     pads_nothing)
+from graphopt.prune.coupling import (ChannelGroup, Consumer, bias_of, channel_cut, channel_groups,
+                                     node_attr, pads_nothing)
 from graphopt.rewrite.edits import GraphChanges
 from graphopt.rewrite.report import Report
 
@@ -327,27 +327,20 @@ def _through_changes(graph: Graph, group: ChannelGroup, arrays: _Arrays, attrs: 
         if len(codes) > 1 and codes[1] > 0 and output in group.tensors:
             attrs.append((node.name, "shape", codes[:1] + (len(keep_out),) + codes[2:]))
     elif node.op in ("slice_axis", "slice"):
-        source = through.inputs[0]
-        channels = group.channels_of(source)
-        keep_in = _kept_positions(channels, drop)
-        if node.op == "slice_axis":
-            if int(node_attr(graph, node.name, "axis")) % len(graph.tensor_type(source).shape) != 1:
-                return
-            begin, end = node_attr(graph, node.name, "begin"), node_attr(graph, node.name, "end")
-        else:
-            begins, ends = tuple(node_attr(graph, node.name, "begin")), tuple(node_attr(graph, node.name, "end"))
-            if len(begins) < 2:
-                return
-            begin, end = begins[1], ends[1] if len(ends) > 1 else None
-        start, stop, _ = slice(begin, end).indices(len(channels))
-        new_begin, new_end = _new_cut(keep_in, start, stop)
+        channels = group.channels_of(through.inputs[0])
+        where = channel_cut(graph, node.name, len(channels))
+        if where is None:
+            return
+        new_begin, new_end = _new_cut(_kept_positions(channels, drop), *where)
         if node.op == "slice_axis":
             attrs.append((node.name, "begin", new_begin))
             attrs.append((node.name, "end", new_end))
         else:
-            ends = tuple(node_attr(graph, node.name, "end"))
+            begins = tuple(node_attr(graph, node.name, "begin"))
+            ends = tuple(node_attr(graph, node.name, "end") or ()) or (None,)
+            ends = ends + (None,) * (2 - len(ends))
             attrs.append((node.name, "begin", begins[:1] + (new_begin,) + begins[2:]))
-            attrs.append((node.name, "end", (ends[:1] if ends else (None,)) + (new_end,) + ends[2:]))
+            attrs.append((node.name, "end", ends[:1] + (new_end,) + ends[2:]))
 
 
 def plan_drop(graph: Graph, group: ChannelGroup) -> DropPlan:
