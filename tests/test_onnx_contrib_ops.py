@@ -376,3 +376,37 @@ def test_every_refused_node_is_listed_with_its_reason(tmp_path):
     reasons = [line.split("): ", 1)[1] for line in lines]
     assert "no kernel" in reasons[0] and f"opset {ROI_OPS_NEWEST_OPSET} or lower" in reasons[0]
     assert "projection_size=2" in reasons[1] and "only on GPU" in reasons[1]
+
+
+def _rpn_outputs(batch, anchors=6, size=6, seed=0):
+    """cls_prob (B, 2A, H, W) with distinct foreground scores, small deltas, and im_info rows
+    (height, width, scale) of images that cover 5 and 6 of the 6 cells (stride 4)."""
+    rng = np.random.default_rng(seed)
+    foreground = rng.permutation(batch * anchors * size * size).reshape(
+        batch, anchors, size, size) / (batch * anchors * size * size)
+    probabilities = np.concatenate([1 - foreground, foreground], axis=1)
+    deltas = rng.normal(0, 0.3, (batch, 4 * anchors, size, size))
+    info = np.array([[22.0, 24.0, 1.0], [24.0, 21.0, 0.5]] * batch)[:batch]
+    return {"x": probabilities.astype("float32"), "y": deltas.astype("float32"),
+            "info": info.astype("float32")}
+
+
+PROPOSAL_CASES = [
+    {},
+    {"threshold": 0.5, "rpn_min_size": 3},
+    {"rpn_pre_nms_top_n": 40, "rpn_post_nms_top_n": 30, "threshold": 0.3},  # repeats kept rows
+    {"iou_loss": True, "output_score": True},
+    {"rpn_pre_nms_top_n": -1, "threshold": 1.0},
+]
+
+
+@pytest.mark.parametrize("attrs", PROPOSAL_CASES, ids=str)
+@pytest.mark.parametrize("op", ["MultiProposal", "Proposal"])
+def test_region_proposals(op, attrs, tmp_path):
+    """MXNet's Faster R-CNN example's RPN proposals (scales 2 and 4 of a 4-pixel stride, three
+    ratios, six anchors per cell). Proposal takes one image, MultiProposal any number."""
+    attrs = {"rpn_pre_nms_top_n": 100, "rpn_post_nms_top_n": 12, "rpn_min_size": 2,
+             "scales": (2, 4), "ratios": (0.5, 1, 2), "feature_stride": 4, **attrs}
+    symbol = getattr(mx.sym.contrib, op)(x, y, mx.sym.var("info"), **attrs)
+    batch = 2 if op == "MultiProposal" else 1
+    check(symbol, tmp_path, _rpn_outputs(batch), other_batch=None)

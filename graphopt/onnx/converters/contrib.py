@@ -10,7 +10,7 @@ from graphopt.ir.graph import Node
 from graphopt.onnx.context import ConvertContext, Unsupported, converter
 from graphopt.onnx.converters.tensor import (INT64_MAX, INT64_MIN, axis_length, cast, filled,
                                              input_batch_axes, input_shape, normalize_axis,
-                                             output_shape, reshape_output, runtime_dims,
+                                             output_shape, reduce, reshape_output, runtime_dims,
                                              slice_value, typed, unsqueeze)
 
 # --- small contrib math ------------------------------------------------------------------------
@@ -362,6 +362,146 @@ def _convert_format(ctx: ConvertContext, rows: str, coord_start: int, width: int
     if coord_start + 4 < width:
         parts.append(slice_value(ctx, rows, [coord_start + 4], [width], [-1]))
     return ctx.emit1("Concat", parts, axis=-1) if len(parts) > 1 else coordinates
+
+
+# --- region proposals (MXNet's Faster R-CNN example) -------------------------------------------
+
+def _proposal_anchors(stride: int, ratios, scales, height: int, width: int) -> np.ndarray:
+    """(H * W * A, 4) anchors as MXNet's GenerateAnchors makes them (every ratio, then every
+    scale, of a stride x stride base box, arithmetic in float) shifted to each cell, in MXNet's
+    order: index = (row * W + column) * A + anchor."""
+    size, centre = float(stride) * stride, 0.5 * (stride - 1.0)
+    base = []
+    for ratio in ratios:
+        for scale in scales:
+            new_w = np.floor(np.sqrt(np.floor(np.float32(size / ratio))) + 0.5) * scale
+            new_h = np.floor(new_w / scale * ratio + 0.5) * scale
+            base.append([centre - 0.5 * (new_w - 1), centre - 0.5 * (new_h - 1),
+                         centre + 0.5 * (new_w - 1), centre + 0.5 * (new_h - 1)])
+    columns, rows = np.meshgrid(np.arange(width) * stride, np.arange(height) * stride)
+    shifts = np.stack([columns, rows, columns, rows], axis=-1).reshape(-1, 1, 4)
+    return (shifts + np.asarray(base, dtype=np.float32)[None]).reshape(-1, 4).astype(np.float32)
+
+
+@converter("_contrib_MultiProposal", "_contrib_Proposal")
+def proposal(ctx: ConvertContext, node: Node) -> None:
+    """RPN proposals as MXNet 1.9.1's CPU kernel makes them: anchors moved by the deltas
+    (``iou_loss``: corners moved directly), clipped to the image ``im_info`` gives (rows
+    (height, width, scale)); anchors of cells beyond the image's own size and boxes smaller
+    than ``rpn_min_size * scale`` (these grown by half of it on each side) score -1; the best
+    ``rpn_pre_nms_top_n`` enter greedy NMS with MXNet's +1 pixel areas (as NonMaxSuppression on
+    boxes whose far corner is moved by 1), which keeps at most ``rpn_post_nms_top_n``; when
+    fewer are kept, MXNet repeats them in order. Output rows [image, x1, y1, x2, y2], then the
+    scores. Equal scores may be sorted differently (MXNet uses std::sort)."""
+    batch_shape = input_shape(ctx, node, 0)
+    anchors_per_cell, height, width = batch_shape[1] // 2, batch_shape[2], batch_shape[3]
+    count = anchors_per_cell * height * width
+    pre = ctx.attr(node, "rpn_pre_nms_top_n")
+    pre = min(pre if pre > 0 else count, count)
+    rows = ctx.attr(node, "rpn_post_nms_top_n")
+    stride = ctx.attr(node, "feature_stride")
+    anchors = _proposal_anchors(stride, ctx.attr(node, "ratios"), ctx.attr(node, "scales"),
+                                height, width)
+    scores = slice_value(ctx, ctx.input(node, 0), [anchors_per_cell], [2 * anchors_per_cell], [1])
+    scores = ctx.emit1("Reshape", [ctx.emit1("Transpose", [scores], perm=[0, 2, 3, 1]),
+                                   ctx.int64s([0, -1], hint="shape")])            # (B, N)
+    deltas = ctx.emit1("Reshape", [ctx.input(node, 1), ctx.int64s(
+        [0, anchors_per_cell, 4, height, width], hint="shape")])
+    deltas = ctx.emit1("Reshape", [ctx.emit1("Transpose", [deltas], perm=[0, 3, 4, 1, 2]),
+                                   ctx.int64s([0, -1, 4], hint="shape")])          # (B, N, 4)
+    info = [ctx.emit1("Gather", [ctx.input(node, 2), ctx.int64s([i])], axis=1)   # (B, 1) each
+            for i in range(3)]
+    boxes = _proposal_boxes(ctx, node, anchors, deltas, info[0], info[1])
+    cells = np.arange(count) // anchors_per_cell
+    for cell, size in ((cells // width, info[0]), (cells % width, info[1])):  # padded cells
+        beyond = ctx.emit1("GreaterOrEqual", [ctx.constant(cell[None].astype(np.float32)),
+                                              ctx.emit1("Floor", [ctx.emit1("Div", [
+                                                  size, typed(ctx, stride, "float32")])])])
+        scores = ctx.emit1("Where", [beyond, typed(ctx, -1, "float32"), scores])
+    boxes, scores = _filter_small(ctx, boxes, scores, ctx.emit1("Mul", [
+        info[2], typed(ctx, ctx.attr(node, "rpn_min_size"), "float32")]))
+    order = ctx.emit("TopK", [scores, ctx.int64s([pre])], 2, axis=1, largest=1, sorted=1)[1]
+    scores = ctx.emit1("GatherElements", [scores, order], axis=1)                  # (B, pre)
+    boxes = ctx.emit1("GatherND", [boxes, unsqueeze(ctx, order, [2])], batch_dims=1)
+    chosen = _kept_then_repeated(ctx, boxes, scores, pre, min(rows, pre), rows,
+                                 float(ctx.attr(node, "threshold")))                # (B, rows)
+    picked = ctx.emit1("GatherND", [boxes, unsqueeze(ctx, chosen, [2])], batch_dims=1)
+    images = cast(ctx, runtime_dims(ctx, scores, [0]), "float32")
+    image_column = ctx.emit1("Range", [typed(ctx, 0, "float32"),
+                                       ctx.emit1("Squeeze", [images]), typed(ctx, 1, "float32")])
+    image_column = ctx.emit1("Expand", [unsqueeze(ctx, image_column, [1, 2]), ctx.emit1(
+        "Concat", [runtime_dims(ctx, scores, [0]), ctx.int64s([rows, 1])], axis=0)])
+    ctx.emit1("Reshape", [ctx.emit1("Concat", [image_column, picked], axis=2),
+                          ctx.int64s([-1, 5], hint="shape")], ctx.output(node))
+    if node.num_outputs > 1:
+        kept_scores = ctx.emit1("GatherElements", [scores, chosen], axis=1)
+        ctx.emit1("Reshape", [kept_scores, ctx.int64s([-1, 1], hint="shape")], ctx.output(node, 1))
+
+
+def _proposal_boxes(ctx: ConvertContext, node: Node, anchors: np.ndarray, deltas: str,
+                    image_height: str, image_width: str) -> list[str]:
+    """[x1, y1, x2, y2], each (B, N): the anchors moved by the deltas, clipped to the image."""
+    d = [ctx.emit1("Gather", [deltas, ctx.constant(np.int64(i))], axis=2) for i in range(4)]
+    if ctx.attr(node, "iou_loss"):
+        corners = [ctx.emit1("Add", [ctx.constant(anchors[None, :, i]), d[i]]) for i in range(4)]
+    else:
+        sizes = (anchors[:, 2:] - anchors[:, :2] + 1.0).astype(np.float32)
+        centres = (anchors[:, :2] + 0.5 * (sizes - 1.0)).astype(np.float32)
+        half, one = typed(ctx, 0.5, "float32"), typed(ctx, 1, "float32")
+        corners = [None] * 4
+        for axis in (0, 1):
+            size = ctx.constant(sizes[None, :, axis])
+            centre = ctx.emit1("Add", [ctx.emit1("Mul", [d[axis], size]),
+                                       ctx.constant(centres[None, :, axis])])
+            extent = ctx.emit1("Mul", [ctx.emit1("Exp", [d[axis + 2]]), size])
+            half_extent = ctx.emit1("Mul", [half, ctx.emit1("Sub", [extent, one])])
+            corners[axis] = ctx.emit1("Sub", [centre, half_extent])
+            corners[axis + 2] = ctx.emit1("Add", [centre, half_extent])
+    zero, one = typed(ctx, 0, "float32"), typed(ctx, 1, "float32")
+    limits = [ctx.emit1("Sub", [size, one]) for size in (image_width, image_height)]
+    return [ctx.emit1("Max", [ctx.emit1("Min", [corner, limits[i % 2]]), zero])
+            for i, corner in enumerate(corners)]
+
+
+def _filter_small(ctx: ConvertContext, boxes: list[str], scores: str, min_size: str
+                  ) -> tuple[str, str]:
+    """MXNet's FilterBox: a box narrower or lower than ``min_size`` (+1 pixel sizes) scores -1
+    and grows by ``min_size / 2`` on each side. Returns boxes (B, N, 4) and scores."""
+    one = typed(ctx, 1, "float32")
+    small = ctx.emit1("Or", [
+        ctx.emit1("Less", [ctx.emit1("Add", [ctx.emit1("Sub", [boxes[2 + axis], boxes[axis]]),
+                                             one]), min_size]) for axis in (0, 1)])
+    half = ctx.emit1("Div", [min_size, typed(ctx, 2, "float32")])
+    grown = [ctx.emit1("Sub" if i < 2 else "Add", [box, half]) for i, box in enumerate(boxes)]
+    boxes = [ctx.emit1("Where", [small, g, b]) for g, b in zip(grown, boxes)]
+    scores = ctx.emit1("Where", [small, typed(ctx, -1, "float32"), scores])
+    return ctx.emit1("Concat", [unsqueeze(ctx, b, [2]) for b in boxes], axis=2), scores
+
+
+def _kept_then_repeated(ctx: ConvertContext, boxes: str, scores: str, count: int, keep_at_most: int,
+                        rows: int, threshold: float) -> str:
+    """(B, rows) positions among the sorted candidates: those greedy NMS keeps (at most
+    ``keep_at_most``, in order), then repeated from the first (MXNet's ``keep[i % kept]``)."""
+    far_corner = ctx.emit1("Add", [slice_value(ctx, boxes, [2], [4], [2]), typed(ctx, 1, "float32")])
+    shifted = ctx.emit1("Concat", [slice_value(ctx, boxes, [0], [2], [2]), far_corner], axis=2)
+    limit = 1 if threshold < 0 else keep_at_most  # below 0 every IoU suppresses: the best stays
+    selected = ctx.emit1("NonMaxSuppression", [
+        shifted, unsqueeze(ctx, scores, [1]), ctx.int64s([limit]),
+        typed(ctx, [min(max(threshold, 0.0), 1.0)], "float32"),
+        typed(ctx, [np.finfo(np.float32).min], "float32")])
+    batch_and_box = ctx.emit1("Gather", [selected, ctx.int64s([0, 2])], axis=1)
+    nothing = filled(ctx, ctx.emit1("Shape", [scores]), 0, "bool")
+    trues = filled(ctx, runtime_dims(ctx, selected, [0]), 1, "bool")
+    keep = ctx.emit1("ScatterND", [nothing, batch_and_box, trues])
+    positions = ctx.constant(np.arange(count, dtype=np.int64)[None], hint="positions")
+    key = ctx.emit1("Where", [keep, ctx.emit1("Sub", [ctx.int64s([count]), positions]),
+                              ctx.constant(np.int64(0))])
+    kept_first = ctx.emit("TopK", [key, ctx.int64s([keep_at_most])], 2, axis=1, largest=1,
+                          sorted=1)[1]
+    kept = reduce(ctx, "ReduceSum", cast(ctx, keep, "int64"), [1], keepdims=True)
+    repeat = ctx.emit1("Mod", [ctx.constant(np.arange(rows, dtype=np.int64)[None], hint="rows"),
+                               kept])
+    return ctx.emit1("GatherElements", [kept_first, repeat], axis=1)
 
 
 # --- attention over interleaved projections (GluonNLP) ---------------------------------------
