@@ -15,6 +15,8 @@ structure of GluonCV 0.10's inference graphs, copied from its source:
   ``box_nms`` each, one sorting ``box_nms`` over the levels, and each ROI pooled from the level
   its area picks (``log2``, ``floor``, ``clip``, ``ROIAlign`` per level, the other levels' rows
   zeroed with ``where``, ``ElementWiseSum``);
+- MXNet's own Faster R-CNN example: ``_contrib_Proposal`` on softmaxed RPN scores with the
+  image size as an input, ``ROIPooling`` and the head;
 - CenterNet (``center_net_resnet18_v1b_voc``, and ``..._dcnv2_voc`` with a modulated deformable
   convolution in the upsampler): heatmap sigmoid, 3x3 max-pool peaks kept with
   ``broadcast_equal``, ``topk`` over the flattened heatmap, int64 index arithmetic
@@ -244,6 +246,56 @@ class CenterNet(gluon.HybridBlock):
         corners = [xs - half_w, ys - half_h, xs + half_w, ys + half_h]
         boxes = F.concat(*[F.expand_dims(c, -1) for c in corners], dim=-1)
         return classes, scores, boxes * scale
+
+
+class ProposalRCNN(gluon.HybridBlock):
+    """MXNet's own Faster R-CNN example (example/rcnn) at inference: RPN scores through a
+    two-way channel softmax, ``_contrib_Proposal`` with the image size and scale as an input,
+    ``ROIPooling``, and the class probabilities and per-class box offsets of each ROI."""
+
+    def __init__(self, classes=3, anchors=6, **kwargs):
+        super().__init__(**kwargs)
+        self.classes, self.anchors = classes, anchors
+        with self.name_scope():
+            self.stem = nn.HybridSequential()
+            self.stem.add(conv_bn(8, 3, _relu(), strides=2), conv_bn(8, 3, _relu(), strides=2))
+            self.rpn = nn.HybridSequential()
+            self.rpn.add(nn.Conv2D(8, 3, padding=1), _relu())
+            self.score = nn.Conv2D(2 * anchors, 1)
+            self.offsets = nn.Conv2D(4 * anchors, 1)
+            self.head = nn.Dense(16, activation="relu")
+            self.class_predictor = nn.Dense(classes + 1)
+            self.box_predictor = nn.Dense(4 * (classes + 1))
+
+    def hybrid_forward(self, F, image, im_info):
+        features = self.stem(image)
+        x = self.rpn(features)
+        scores = F.reshape(self.score(x), shape=(0, 2, -1, 0))
+        probabilities = F.reshape(F.SoftmaxActivation(scores, mode="channel"),
+                                  shape=(0, 2 * self.anchors, -1, 0))
+        rois = F.contrib.Proposal(probabilities, self.offsets(x), im_info, feature_stride=4,
+                                  scales=(2, 4), ratios=(0.5, 1, 2), rpn_pre_nms_top_n=60,
+                                  rpn_post_nms_top_n=16, threshold=0.7, rpn_min_size=2)
+        pooled = F.ROIPooling(features, rois, pooled_size=(3, 3), spatial_scale=0.25)
+        hidden = self.head(pooled)
+        class_probabilities = F.reshape(F.softmax(self.class_predictor(hidden)),
+                                        shape=(1, -1, self.classes + 1))
+        box_offsets = F.reshape(self.box_predictor(hidden), shape=(1, -1, 4 * (self.classes + 1)))
+        return rois, class_probabilities, box_offsets
+
+
+def test_mxnets_own_faster_rcnn_with_proposal_and_roi_pooling_matches_mxnet():
+    """No NMS on the classes in this graph (the example does it in Python), so onnxruntime's
+    outputs are compared element-wise: the ROIs, then what the head computes on them."""
+    arrays = inputs_for({"image": IMAGE}, uniform, 1, seed=2)
+    arrays["im_info"] = np.array([[32, 30, 1.0]], dtype=np.float32)  # a 32x30 image in the pad
+    block = seeded_block(ProposalRCNN, arrays)
+    graph = graphopt.from_block(block, inputs={"image": IMAGE, "im_info": (1, 3)})
+    expected = mxnet_outputs(graph, arrays)
+    rewritten, _ = graphopt.rewrite(graph)
+    assert_outputs_close(expected, list(run_onnx(graphopt.to_onnx(rewritten), arrays).values()),
+                         "Proposal R-CNN")
+    assert len(np.unique(expected[0], axis=0)) > 1  # distinct proposals, not one repeated
 
 
 DETECTORS = {
