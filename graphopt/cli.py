@@ -109,6 +109,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_optimize(args) -> int:
+    from graphopt.pipeline.cli import cmd_optimize_pipeline, wants_pipeline
+    if wants_pipeline(args):  # --out DIR or a step flag: the pipeline (graphopt/pipeline/)
+        return cmd_optimize_pipeline(args)
+    if (args.to or "mxnet") not in ("onnx", "mxnet"):
+        raise GraphoptError(f"--to {args.to!r}: -o OUT writes one format, onnx or mxnet (a list "
+                            f"such as onnx,mxnet is for --out DIR)")
+    args.to = args.to or "mxnet"
     from graphopt.rewrite import format_report, rewrite
     graph = _load(args)
     phases = args.phases.split(",") if args.phases else None
@@ -192,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = commands.add_parser(name, help="apply the rewrite rules (fold BatchNorm, drop no-ops...)")
         _model_arguments(p)
         p.add_argument("-o", "--output", help="write the result (ONNX file or MXNet prefix)")
-        p.add_argument("--to", choices=["onnx", "mxnet"], default="mxnet")
+        p.add_argument("--to", metavar="onnx|mxnet[,...]", help="the format of -o (default "
+                       "mxnet); with --out DIR a list (default onnx,mxnet)")
         p.add_argument("--opset", type=int, help=OPSET_HELP)
         p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
         p.add_argument("--rules-dir", action="append", help="a folder of extra rule files")
@@ -239,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMAND_MODULES = ("graphopt.quantize.cli", "graphopt.quantize.calibrate_cli", "graphopt.prune.cli",
-                   "graphopt.distill.cli")
+                   "graphopt.distill.cli", "graphopt.pipeline.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
