@@ -59,6 +59,8 @@ class LayerSensitivity:
 
 @dataclass
 class OutputError:
+    """A quantized model's outputs against float's (see the module docstring); ``accuracy`` is
+    top-1 on labels, when given."""
     sqnr: float
     relative_error: float
     top1_agreement: float | None
