@@ -370,3 +370,24 @@ def test_cli_dynamic_quantization_of_a_saved_bert_encoder(bert, tmp_path, capsys
     assert report["method"] == "dynamic"
     assert report["fusion"]["predicted"] == {"DynamicQuantizeMatMul": dense}
     assert report["fusion"]["confirmed"] and not report["fusion"]["mismatches"]
+
+
+@pytest.mark.slow
+def test_mobilenetv2_runs_every_conv_and_residual_add_in_int8():
+    """relu6 (clip 0..6) folds into the quantize, depthwise convs are per-channel like any conv,
+    the residual adds have both inputs dequantized: onnxruntime's optimized model confirms it."""
+    from fixtures.zoo import export_zoo_model
+    symbol, params, shape = export_zoo_model("mobilenetv2_1.0")
+    graph = graphopt.rewrite(graphopt.load(symbol, params, inputs={"data": shape}))[0]
+    samples = np.random.RandomState(0).randn(4, *shape[1:]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # 4 samples are few, and this test knows it
+        calibration = calibrate(graph, samples, method="minmax")
+    qgraph, report = quantize(graph, calibration)
+    fusion = fusion_report(graphopt.to_onnx(qgraph))
+    counts = fusion.counts()
+    assert counts["QLinearConv"] == sum(1 for n in graph.op_nodes() if n.op == "Convolution")
+    assert counts["QLinearAdd"] == sum(1 for n in graph.op_nodes() if n.op == "elemwise_add")
+    assert not fusion.mismatches and not any(n.op == "clip" for n in qgraph.op_nodes())
+    # only the Flatten after the classifier conv, which writes the graph output, is float
+    assert [g.op for g in fusion.float_groups] == ["Flatten"], fusion.format()
