@@ -225,8 +225,11 @@ def test_deconvolution_weights_are_per_channel_on_axis_1_and_concat_runs_in_int8
     assert scales[dequantize.input[1]].shape == (3,)
 
     fusion = fusion_report(model)
-    assert fusion.counts().get("QLinearConcat") == 1, fusion.format()
+    assert fusion.counts().get("QLinearConcat") == 1 and not fusion.mismatches, fusion.format()
     assert "deconv" in report.quantized and "cat" in report.quantized
+    # onnxruntime 1.32 runs a QDQ ConvTranspose in float (int8 weights, dequantized): said so
+    (deconv,) = [g for g in fusion.groups if g.op == "ConvTranspose"]
+    assert not deconv.in_int8 and "does not fuse a QDQ ConvTranspose" in deconv.float_reason
     x = rng.rand(16, 4, 6, 6).astype(np.float32)
     reference = _run(graphopt.to_onnx(graph), x)
     assert sqnr_db([reference], [_run(model, x)]) > 30.0   # measured about 38 dB
