@@ -360,6 +360,50 @@ def test_no_layer_loses_all_its_channels():
     assert "never loses all its channels" in report.format()
 
 
+# --- the apply_changes edit: validated and rolled back like any rewrite ---------------------------
+
+HALF_DROP_RULE = """
+[rule.half_drop]
+description = "conv(x, W[:2]) == conv(x, W)[:2] (deliberately wrong: its BatchNorm is not cut)"
+phase = "drop_channels"
+changes_shapes = true
+anchor = "conv"
+params = ["weight"]
+compute = ["changes = first_two_filters_only(conv, weight)"]
+edits = [{ apply_changes = "changes" }]
+
+[rule.half_drop.pattern]
+conv = { op = "Convolution", inputs = ["x", "weight", "..."], attrs = { num_filter = 4 } }
+"""
+
+
+def test_a_drop_that_does_not_hold_is_rolled_back(tmp_path):
+    """A rule whose computed changes cut a conv but not the BatchNorm after it: the BatchNorm's
+    statistics no longer fit its input (MXNet's own inference overwrites a BatchNorm's
+    parameter shapes instead of checking them: the engine compares them), so the engine rolls
+    every change back and says why."""
+    from graphopt.rewrite import register_function
+    from graphopt.rewrite.edits import GraphChanges
+
+    @register_function(returns="changes")
+    def first_two_filters_only(conv_ref, weight_ref):
+        """A test's deliberately incomplete channel drop."""
+        return GraphChanges(params={weight_ref.name: weight_ref.value[:2]},
+                            attrs=[(conv_ref.name, "num_filter", 2)])
+
+    (tmp_path / "half.toml").write_text(HALF_DROP_RULE)
+    data = mx.sym.Variable("data")
+    bn = mx.sym.BatchNorm(conv(data, "conv", 4, no_bias=True), name="bn")
+    graph = graph_of(conv(bn, "next", 2))
+    smaller, report = graphopt.rewrite(graph, rules=["half_drop"], rules_dirs=[tmp_path])
+    rejected = [a for a in report.attempts if a.outcome == "rejected"]
+    assert rejected and "bn" in rejected[0].detail
+    assert smaller.params["conv_weight"].shape[0] == 4
+    assert smaller.node("conv").attrs["num_filter"] == 4
+    inputs = {"data": seeded_input((1, 4, 6, 6))}
+    assert_same_outputs(run_mxnet(graph, inputs), run_mxnet(smaller, inputs), 0.0, "rolled back")
+
+
 # --- the model zoo ---------------------------------------------------------------------------
 
 # small inputs where the architecture allows (a final pooling window of 7 or 13 needs 224)

@@ -150,10 +150,18 @@ class LocalShapeInference:
             internals, outputs = _single_op(op, attrs, len(types))
             shapes = {f"in{i}": shape for i, (shape, _) in enumerate(types)}
             dtypes = {f"in{i}": np.dtype(dtype) for i, (_, dtype) in enumerate(types)}
-            _, out_shapes, _ = internals.infer_shape_partial(**shapes)
+            arg_shapes, out_shapes, aux_shapes = internals.infer_shape_partial(**shapes)
             _, out_types, _ = internals.infer_type_partial(**dtypes)
         except mx.MXNetError as error:
             return first_error_line(error)
+        # Some ops (BatchNorm) overwrite the shapes given for their parameters instead of
+        # checking them: a gamma left with 4 entries for 2 channels would pass unseen.
+        inferred = dict(zip(internals.list_arguments(), arg_shapes))
+        inferred.update(zip(internals.list_auxiliary_states(), aux_shapes))
+        for name, given in shapes.items():
+            needed = known_shape(inferred.get(name)) if inferred.get(name) is not None else None
+            if given and needed and tuple(needed) != tuple(given):
+                return f"input {name[2:]} has shape {tuple(given)}, the op needs {tuple(needed)}"
         result = []
         for i in outputs:
             shape = known_shape(out_shapes[i])
