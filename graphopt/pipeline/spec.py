@@ -143,7 +143,8 @@ class _Where:
         else:
             end = next((i for i, line in enumerate(self.lines) if re.match(r"\s*\[", line)),
                        len(self.lines))
-        pattern = re.compile(rf"(^|[\s{{,])\"?{re.escape(key)}\"?\s*=")
+        # key = ..., "key" = ..., key.sub = ... (a dotted key), inside an inline table too
+        pattern = re.compile(rf"(^|[\s{{,])\"?{re.escape(key)}\"?\s*[=.]")
         for i in range(start, end):
             if pattern.search(self.lines[i].split("#", 1)[0]):
                 return i + 1
