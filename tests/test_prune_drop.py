@@ -11,7 +11,6 @@ compares MXNet's outputs, masked against dropped, within 1e-5 relative (the issu
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -23,11 +22,8 @@ from graphopt.compare import relative_error
 from graphopt.prune import channel_groups, drop_channels
 from graphopt.runtime import run_mxnet, run_onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_gluon_models import ARCHITECTURES, inputs_for, seeded_block  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures.zoo import export_zoo_model, seeded_input  # noqa: E402
+from fixtures.zoo import export_zoo_model, seeded_input
+from test_gluon_models import ARCHITECTURES, inputs_for, seeded_block
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 TOLERANCE = 1e-5          # the issue: masked and dropped agree within 1e-5 relative
