@@ -328,6 +328,7 @@ class _Analysis:
         self.constraints: list[EqualDrops] = []
         self.producer_atoms: dict[str, list[int]] = {}   # output atoms of each producer
         self.refused: dict[str, str] = {}                 # op nodes not followed, and why
+        self.order: dict[str, int] = {}                   # op nodes in topological order
         self.readers: dict[str, int] = {}
         for _src, _dst, _data in graph.nx.edges(data=True):
             self.readers[_src] = self.readers.get(_src, 0) + 1
@@ -355,9 +356,6 @@ class _Analysis:
         for block in blocks:
             self.component.union(first, block)
 
-    def channel_map(self, tensor: Tensor) -> list[int] | None:
-        return self.maps.get(tensor)
-
     def set_map(self, tensor: Tensor, atoms: list[int]) -> bool:
         shape = self.graph.tensor_type(tensor).shape
         if shape is None or len(shape) < 2 or shape[1] != len(atoms):
@@ -380,9 +378,10 @@ class _Analysis:
     # params -----------------------------------------------------------------------------------
 
     def param_input(self, name: str, slot: int) -> str | None:
-        tensor = self.graph.input_of(name, slot)
-        if tensor is None:
+        inputs = inputs_in_slot_order(self.graph, name)
+        if slot >= len(inputs):
             return None
+        tensor = inputs[slot]
         node = self.graph.node(tensor.node)
         return tensor.node if node.is_variable and node.kind in ("param", "aux") else None
 
@@ -393,7 +392,6 @@ class _Analysis:
 
     def run(self) -> list[ChannelGroup]:
         graph = self.graph
-        self.order: dict[str, int] = {}
         for node in graph.nodes():
             if node.is_variable:
                 continue
@@ -410,7 +408,7 @@ class _Analysis:
         return attr_or_default(node.op, node.attrs, key, None)
 
     def inputs(self, node: Node) -> list[Tensor]:
-        return self.graph.inputs_of(node.name)
+        return inputs_in_slot_order(self.graph, node.name)
 
     def visit(self, node: Node) -> None:
         op = self.schema.canonical(node.op)
@@ -459,7 +457,7 @@ class _Analysis:
         if weight is None:
             return "its weight is not a parameter"
         bias = self.param_input(node.name, 2)
-        if self.graph.input_of(node.name, 2) is not None and bias is None:
+        if len(self.inputs(node)) > 2 and bias is None:
             return "its bias is not a parameter"
         if self.shared(weight) or self.shared(bias):
             return "its weight or bias is shared with another node"
