@@ -274,6 +274,9 @@ def test_lenet_half_its_filters_dropped(lenet, heldout):
     # 25x10x10 x 10x3x3 = 225,000; dense0 128 -> 64 reading 25x5x5: 40,000; dense1 10 x 64 = 640
     assert report.after["macs"] == 144_000 + 225_000 + 40_000 + 640  # of 1,349,280
     assert report.after["params"] < 0.26 * report.before["params"]  # measured 43,249 of 170,988
+    conv1 = report.layers[1]  # 50x20x3x3 + 50 -> 25x10x3x3 + 25 float32 values
+    assert (conv1.params_before, conv1.params_after) == (9050, 2275)
+    assert (conv1.bytes_before, conv1.bytes_after) == (4 * 9050, 4 * 2275)
     # measured 0.8997 (323/359) before fine-tuning, against 0.9944 unpruned: the masked
     # model's accuracy, which dropping does not change
     # (2 images of slack: another CPU's kernels may flip a borderline prediction)

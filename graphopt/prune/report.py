@@ -3,8 +3,8 @@
 :class:`PruneReport` is returned by :func:`graphopt.prune` (and written by ``graphopt prune
 --report``). Per pruned layer it gives the weight's elements, its zeros before and after, the
 sparsity, the output channels whose filter is all zero, the threshold that was applied, and the
-layer's params/MACs before and after (from :func:`graphopt.analysis.inspect_graph`, so dropped
-channels show up as fewer MACs). ``nonzero_macs`` counts only the multiplies by a nonzero weight
+layer's params, their bytes and MACs before and after (from
+:func:`graphopt.analysis.inspect_graph`, so dropped channels show up as fewer MACs). ``nonzero_macs`` counts only the multiplies by a nonzero weight
 (what a sparse kernel would do; a dense kernel still does all ``macs``).
 
 The model totals (parameters, bytes, MACs) before and after come from the same inspection, and
@@ -45,6 +45,8 @@ class LayerPruning:
     threshold: float | None = None
     params_before: int = 0
     params_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
     macs_before: int = 0
     macs_after: int = 0
     nonzero_macs: int = 0
@@ -126,7 +128,7 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
         groups = num_groups(before, layer)
         new_groups = num_groups(after, layer) if layer.name in after else groups
         cost_before = costs_before.get(layer.name, {})
-        cost_after = costs_after.get(layer.name, {"params": 0, "macs": 0})
+        cost_after = costs_after.get(layer.name, {"params": 0, "param_bytes": 0, "macs": 0})
         density = float(np.count_nonzero(new)) / new.size if new.size else 0.0
         entries.append(LayerPruning(
             name=layer.name, op=layer.op, weight=layer.weight, shape=list(new.shape),
@@ -139,6 +141,8 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
             threshold=thresholds.get(layer.weight),
             params_before=int(cost_before.get("params", 0)),
             params_after=int(cost_after["params"]),
+            bytes_before=int(cost_before.get("param_bytes", 0)),
+            bytes_after=int(cost_after["param_bytes"]),
             macs_before=int(cost_before.get("macs", 0)), macs_after=int(cost_after["macs"]),
             nonzero_macs=int(round(cost_after["macs"] * density))))
     report = PruneReport(method=method, settings=dict(settings), layers=entries,
