@@ -36,8 +36,10 @@ from graphopt.prune.coupling import (ChannelGroup, Consumer, bias_of, channel_cu
                                      node_attr, pads_nothing)
 from graphopt.rewrite.edits import GraphChanges
 from graphopt.rewrite.report import Report
+from graphopt.rewrite.rules import builtin_rules_dir, load_rule_file
 
 RULE = "drop_zeroed_channels"
+RULE_FILE = "prune.toml"
 
 
 @dataclass
@@ -416,7 +418,9 @@ def drop_channels(graph: Graph, check: str | None = None) -> tuple[Graph, DropRe
     from graphopt.rewrite.engine import rewrite
     started = time.perf_counter()
     before, _ = _group_channels(graph)
-    smaller, report = rewrite(graph, rules=[RULE], phases=["drop_channels"], check=check)
+    # the rule from its own file: another rule file being broken does not stop a drop
+    rules = [r for r in load_rule_file(builtin_rules_dir() / RULE_FILE) if r.name == RULE]
+    smaller, report = rewrite(graph, rules=rules, phases=["drop_channels"], check=check)
     after, groups = _group_channels(smaller)
     entries = []
     for group in groups:
