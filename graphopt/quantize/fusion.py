@@ -192,8 +192,37 @@ class _Model:
         self.constants = {t.name: t for t in model.graph.initializer}
 
     def dequantized(self, value: str) -> onnx.NodeProto | None:
+        """The DequantizeLinear writing ``value``, seen through Transposes that cancel (which
+        onnxruntime removes before fusing: a FullyConnected's transposed int8 weight)."""
         node = self.producer.get(value)
+        if node is not None and node.op_type == "Transpose":
+            source, perm = self.through_transposes(node)
+            if _is_identity(perm):
+                node = self.producer.get(source)
         return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def through_transposes(self, node: onnx.NodeProto) -> tuple[str, list[int]]:
+        """The value a chain of Transposes ending at ``node`` starts from, and their composed perm."""
+        perm = None
+        while node is not None and node.op_type == "Transpose":
+            own = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if own is None:   # reversed axes of a rank this model does not say: not followed
+                return node.input[0], None
+            perm = own if perm is None else [own[i] for i in perm]
+            value = node.input[0]
+            node = self.producer.get(value)
+        return value, perm
+
+    def cancelled(self, node: onnx.NodeProto) -> bool:
+        """``node`` is one of two Transposes in a row that compose to the identity."""
+        if node.op_type != "Transpose":
+            return False
+        readers = self.readers.get(node.output[0], [])
+        if len(readers) == 1 and readers[0].op_type == "Transpose":
+            return _is_identity(self.through_transposes(readers[0])[1])
+        producer = self.producer.get(node.input[0])
+        return producer is not None and producer.op_type == "Transpose" and \
+            _is_identity(self.through_transposes(node)[1])
 
     def value(self, name: str) -> np.ndarray | None:
         if name in self.constants:
@@ -205,6 +234,10 @@ class _Model:
         return tensor.data_type if tensor is not None else None
 
 
+def _is_identity(perm: list[int] | None) -> bool:
+    return perm is not None and perm == list(range(len(perm)))
+
+
 def predict(model: onnx.ModelProto) -> list[FusionGroup]:
     """The groups of ``model`` and what onnxruntime's QDQ selectors will make of each."""
     m = _Model(model)
@@ -213,7 +246,8 @@ def predict(model: onnx.ModelProto) -> list[FusionGroup]:
         if node.op_type == "MatMulInteger":
             groups.append(_dynamic_group(m, node))
             continue
-        if node.op_type in QDQ_OPS or node.op_type in ("Identity", "Constant", "Shape"):
+        if node.op_type in QDQ_OPS or node.op_type in ("Identity", "Constant", "Shape") \
+                or m.cancelled(node):
             continue
         if not any(m.dequantized(v) for v in node.input if v):
             continue   # nothing quantized reaches it: not a quantized group

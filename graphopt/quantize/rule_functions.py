@@ -110,10 +110,6 @@ def _unsupported_form(layer: Ref) -> str | None:
         # its ONNX form reshapes and transposes the heads between the dequantize and the MatMul
         return ("its ONNX form puts Reshape/Transpose between the dequantize and the MatMul, "
                 "which onnxruntime does not fuse")
-    if op == "FullyConnected" and not layer.attr("flatten") and layer.node.outputs[0].shape \
-            and len(layer.node.outputs[0].shape) > 2:
-        return ("flatten=False on a tensor of rank > 2 is Transpose + MatMul in ONNX, which "
-                "onnxruntime does not fuse from QDQ: use quantize_dynamic (int8 DynamicQuantizeMatMul)")
     if op == "batch_dot" and (layer.attr("transpose_a") or layer.attr("transpose_b")):
         return "a transposed operand puts a Transpose between the dequantize and the MatMul"
     if op == "Pooling" and layer.attr("pool_type") not in ("max", "avg"):
@@ -374,3 +370,30 @@ def split_heads_shape(layer: Ref) -> tuple:
 def batch_heads_shape(layer: Ref) -> tuple:
     """(B * heads, T, D) -> (B, heads, T, D): Reshape codes (-1, heads, 0, 0) read from the right."""
     return (-1, int(layer.attr("heads")), 0, 0)
+
+
+def _multiplies_last_axis(layer: Ref) -> bool:
+    """A FullyConnected with flatten=False on a tensor of rank > 2: ONNX's Transpose(W) + MatMul
+    + Add rather than a Gemm."""
+    shape = layer.node.outputs[0].shape
+    return layer.op == "FullyConnected" and not layer.attr("flatten") and bool(shape) \
+        and len(shape) > 2
+
+
+@register_guard
+def weight_read_as_is(layer: Ref) -> str | None:
+    """The layer's converter reads the weight as it is (Gemm, Conv...); a FullyConnected on the
+    last axis of a rank > 2 tensor transposes it (``quantize_last_axis_weights``)."""
+    return "it multiplies the last axis of a rank > 2 tensor" if _multiplies_last_axis(layer) else None
+
+
+@register_guard
+def multiplies_last_axis(layer: Ref) -> str | None:
+    """A FullyConnected with flatten=False on a tensor of rank > 2."""
+    return None if _multiplies_last_axis(layer) else "it is not FullyConnected(flatten=False) on rank > 2"
+
+
+@register_function(returns="axis")
+def column_axis() -> int | None:
+    """The axis of a transposed (in, out) weight's per-column scales: 1, or None per tensor."""
+    return 1 if options().per_channel else None
