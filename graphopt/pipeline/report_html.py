@@ -92,8 +92,12 @@ def _table(report: dict) -> str:
 def _gate_detail(gate: dict | None) -> str:
     if not gate:
         return ""
-    parts = [f"{c['criterion']} {c['measured']} / {c['limit']}" for c in gate["checks"]]
+    parts = [f"{c['criterion']} {_short(c['measured'])} / {c['limit']}" for c in gate["checks"]]
     return f'<div class="muted">vs {_e(gate.get("reference", gate["against"]))}: {_e("; ".join(parts))}</div>'
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _budget(report: dict) -> str:
@@ -135,7 +139,8 @@ def error_plot(layers: list[dict], limit: float | None = None, width: int = 900,
     y = lambda v: top + plot_h * (high - v) / (high - low)  # noqa: E731
     grid = "".join(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
                    f'stroke="#eceff1"/><text x="{left - 6}" y="{y(v) + 4:.1f}" font-size="11" '
-                   f'text-anchor="end">1e{v}</text>' for v in range(low, high + 1))
+                   f'text-anchor="end">{"0" if v == low and low <= -12 else f"1e{v}"}</text>'
+                   for v in range(low, high + 1))
     path = " ".join(f"{'M' if k == 0 else 'L'}{x(i):.1f},{y(v):.1f}"
                     for k, ((i, _), v) in enumerate(zip(points, values)))
     dots = "".join(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3" fill="#1e88e5">'
@@ -219,7 +224,7 @@ def graph_picture(graph: Graph, marks: dict[str, list[str]]) -> str:
             f'fill="{fill}" stroke="{stroke}" stroke-width="{stroke_w}"/>{bar}'
             f'<text x="{x + box_w / 2:.1f}" y="{y + 12:.1f}" font-size="10" text-anchor="middle">'
             f'{_e(label)}</text><text x="{x + box_w / 2:.1f}" y="{y + 25:.1f}" font-size="10" '
-            f'text-anchor="middle" fill="#546e7a">{_e(op)}</text></g>')
+            f'text-anchor="middle" fill="#37474f">{_e(op)}</text></g>')
     return (f'<svg id="graph-picture" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
             f'height="{height:.0f}" role="img" aria-label="the optimized graph">'
             f'{"".join(edges)}{"".join(boxes)}</svg>')
