@@ -157,20 +157,23 @@ def test_mse_ranges_quantize_held_out_digits_with_less_error_than_minmax(resnet,
         errors[method] = sum(np.mean((values[name] - _fake_quantized(values[name], *table.range(name))) ** 2)
                              / np.mean(values[name] ** 2) for name in table.names)
     # MSE searches the range that minimises this error on the calibration digits; on held-out
-    # digits it stays below minmax's (measured: 0.0030 against 0.0035 summed over 31 tensors)
+    # digits it stays below minmax's (measured: 0.0035 against 0.0046 summed over 31 tensors;
+    # percentile 0.0036)
     assert errors["mse"] < errors["minmax"]
     assert errors["percentile"] < errors["minmax"]
 
 
 def test_entropy_ranges_keep_every_tensor_well_quantized(resnet, resnet_entropy, digits):
-    """The KL threshold (8-bit levels, exact zeros left out) never collapses a tensor: each held-out
-    tensor keeps a signal-to-quantization-noise ratio above 15 dB (measured: the worst, the first
-    BatchNorm's output, 19.8 dB; minmax's worst 32 dB. onnxruntime's 128-bin entropy and percentile
-    on one-sided tensors are known to collapse to a few dB: onnxruntime#10571)."""
+    """The KL threshold (8-bit levels, exact zeros left out, each candidate seen at 8 bins per
+    level) never collapses a tensor: each held-out tensor keeps a signal-to-quantization-noise
+    ratio above 30 dB (measured: the worst, the first ReLU's output, 34.4 dB; minmax's worst
+    34.0 dB. With the candidates read on the fixed fine grid, that ReLU got 18 dB: the digits'
+    flat backgrounds make peaky activations. onnxruntime's entropy and percentile on one-sided
+    tensors are known to collapse: onnxruntime#10571)."""
     values = MXNetModel.from_graph(resnet).run({"data": digits[1]}, outputs="all")
     for name, array in values.items():
         error = np.mean((array - _fake_quantized(array, *resnet_entropy.range(name))) ** 2)
-        assert 10 * np.log10(np.mean(array ** 2) / error) > 15.0, name
+        assert 10 * np.log10(np.mean(array ** 2) / error) > 30.0, name
 
 
 def test_save_and_load_give_identical_ranges_and_keep_the_histograms(resnet_entropy, tmp_path):

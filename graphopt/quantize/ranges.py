@@ -20,9 +20,14 @@ Methods (each returns ``(lo, hi)`` with ``lo <= 0 <= hi``):
   that is 90 % zeros would otherwise have its threshold taken among the largest 10 % values only.
 - ``entropy``: the threshold whose quantized distribution is closest to the observed one in
   Kullback-Leibler divergence (TensorRT's and MXNet's method: the values beyond the threshold are
-  folded into the edge bin of P; Q is the window quantized to the levels the quantizer has,
-  spread over P's non-empty bins). Computed for every candidate threshold at once from prefix
-  sums (the divergence of a candidate needs one term per quantized level, not per bin).
+  folded into the edge bin of P; Q is P's window summed per quantized level and spread over P's
+  non-empty bins). One change: each candidate window is observed at the same resolution, 8 bins
+  per quantized level (TensorRT: 2048 bins for 128 levels), read from the fine histogram's
+  cumulative counts. Observed on a fixed grid instead, a wider window puts more bins in each
+  level, and on peaky data (activations of images with flat backgrounds: every background pixel
+  gives the same value) the divergence then grows with the threshold whatever the clipping:
+  measured on resnet_digits' first ReLU, the fixed grid chose 2.4 of max 6.7 (18 dB SQNR), the
+  per-window grid 6.4 (42 dB). Thresholds from 1/16 of the largest value up (TensorRT's range).
   Asymmetric signed tensors search windows ``[a * min, a * max]`` with 256 levels.
 - ``mse``: the range minimising the expected squared error over the histogram (bin centres):
   clipping error beyond the bounds plus the rounding error on the step's grid inside.
@@ -41,8 +46,9 @@ STEPS = 255                   # 8-bit: 256 levels, 255 steps over the range
 SYMMETRIC_STEPS = 127        # over [0, t] when the range is [-t, t] (int8, zero point 0)
 DEFAULT_PERCENTILE = 99.99
 KL_EMPTY_COUNT = 0.5          # a quantized level with no count but outliers folded in: as if half a value
-MAX_CANDIDATES = 1024         # thresholds tried before refining around the best
-ENTROPY_BINS = 2048           # KL on at most this many bins over [0, max|x|] (TensorRT's 2048)
+ENTROPY_CANDIDATES = 256      # thresholds tried per round (two rounds: coarse, then around the best)
+ENTROPY_BINS_PER_LEVEL = 8
+SMALLEST_THRESHOLD = 1 / 16   # of the largest value: TensorRT's 128 of 2048 bins
 MSE_BINS = 2048               # the error is computed on at most this many bins (merged as needed)
 MSE_GRID = 16                 # bounds per side tried per round of the coarse-to-fine MSE search
 
@@ -143,98 +149,79 @@ def _merged_around_zero(counts: np.ndarray, zero_index: int,
 
 # --- entropy ----------------------------------------------------------------------------------
 
-def _entropy_edge(counts: np.ndarray, levels: int) -> int:
-    """The threshold (a bin edge) of a magnitude histogram with the least KL divergence."""
-    counts, factor = _merged(counts, ENTROPY_BINS)
-    occupied = len(counts)
-    if occupied <= levels:
-        return occupied * factor
-    prefix = _Prefix(counts)
-    candidates = np.arange(levels, occupied + 1)
+def _entropy_edge(counts: np.ndarray, levels: int) -> float:
+    """The threshold (in bins, fractional) of a magnitude histogram with the least KL divergence."""
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    occupied = float(np.flatnonzero(counts)[-1] + 1)
 
     def divergence(stops):
-        return prefix.kl(np.zeros_like(stops), stops, levels)
-    return int(_refined_argmin(candidates, divergence)) * factor
+        return _kl_of_windows(cumulative, np.zeros_like(stops), stops, levels)
+    return _least(divergence, SMALLEST_THRESHOLD * occupied, occupied)
 
 
-def _entropy_window(counts: np.ndarray, zero_index: int) -> tuple[int, int]:
-    """The window ``[a * first, a * stop)`` around zero (``0 < a <= 1``) with the least KL
-    divergence at 256 levels."""
-    levels = STEPS + 1
-    merged, zero, factor = _merged_around_zero(counts, zero_index, 2 * ENTROPY_BINS)
-    span = len(merged)
-    if span <= levels:
-        return zero_index - zero * factor, zero_index + (span - zero) * factor
-    prefix = _Prefix(merged)
+def _entropy_window(counts: np.ndarray, zero_index: int) -> tuple[float, float]:
+    """The window ``[a * first, a * stop)`` around zero (``1/16 <= a <= 1``; in bins) with the
+    least KL divergence at 256 levels."""
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    occupied = np.flatnonzero(counts)
+    below = zero_index - float(occupied[0])
+    above = float(occupied[-1] + 1) - zero_index
 
-    def starts_of(sizes):   # a window of n bins, split around zero in the data's proportion
-        return zero - np.round(sizes * (zero / span)).astype(np.int64)
-
-    def divergence(sizes):
-        starts = starts_of(sizes)
-        return prefix.kl(starts, starts + sizes, levels)
-    best = int(_refined_argmin(np.arange(levels, span + 1), divergence))
-    start = int(starts_of(np.asarray([best]))[0])
-    return zero_index + (start - zero) * factor, zero_index + (start + best - zero) * factor
+    def divergence(factors):
+        return _kl_of_windows(cumulative, zero_index - factors * below,
+                              zero_index + factors * above, STEPS + 1)
+    factor = _least(divergence, SMALLEST_THRESHOLD, 1.0)
+    return zero_index - factor * below, zero_index + factor * above
 
 
-class _Prefix:
-    """Prefix sums of a histogram for the KL divergence of many windows at once."""
-
-    def __init__(self, counts: np.ndarray):
-        counts = counts.astype(np.float64)
-        self.counts = counts
-        self.total = counts.sum()
-        self.cumulative = np.concatenate([[0.0], np.cumsum(counts)])
-        self.nonzero = np.concatenate([[0], np.cumsum(counts > 0)])
-        self.plogp = np.concatenate([[0.0], np.cumsum(_xlogx(counts))])
-
-    def kl(self, starts: np.ndarray, stops: np.ndarray, levels: int) -> np.ndarray:
-        """KL(P || Q) of each window ``[start, stop)`` (every window at least ``levels`` bins).
-
-        P: the histogram, values left of the window folded into its first bin and those right
-        of it into its last, normalised. Q: the window's own counts summed per quantized level
-        (levels split the window as evenly as whole bins allow), each level's mass spread
-        evenly over the bins where P is non-zero, normalised. KL is
-        ``sum p log p - sum_g P_g log q_g`` with one term per level."""
-        starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
-        cumulative, counts = self.cumulative, self.counts
-        left = cumulative[starts]
-        right = self.total - cumulative[stops]
-        first_bin, last_bin = counts[starts], counts[stops - 1]
-        p_first, p_last = first_bin + left, last_bin + right
-        sum_plogp = (self.plogp[stops] - self.plogp[starts] - _xlogx(first_bin) - _xlogx(last_bin)
-                     + _xlogx(p_first) + _xlogx(p_last))
-        sizes = stops - starts
-        edges = starts[:, None] + (np.arange(levels + 1)[None, :] * sizes[:, None]) // levels
-        level_counts = np.diff(cumulative[edges], axis=1)            # Q before spreading
-        level_nonzero = np.diff(self.nonzero[edges], axis=1).astype(np.float64)
-        level_nonzero[:, 0] += (first_bin == 0) & (left > 0)
-        level_nonzero[:, -1] += (last_bin == 0) & (right > 0)
-        level_mass = level_counts.copy()                            # P per level
-        level_mass[:, 0] += left
-        level_mass[:, -1] += right
-        window_total = np.maximum(cumulative[stops] - cumulative[starts], 1.0)
-        q = np.maximum(level_counts, KL_EMPTY_COUNT) / window_total[:, None] / \
-            np.maximum(level_nonzero, 1.0)
-        cross = np.where(level_mass > 0, level_mass * np.log(q), 0.0).sum(axis=1)
-        return (sum_plogp - cross) / self.total - math.log(self.total)
+def _least(objective, low: float, high: float) -> float:
+    """The point of ``[low, high]`` minimising ``objective`` (vectorised) on a grid of
+    :data:`ENTROPY_CANDIDATES`, then on a finer grid around the best."""
+    candidates = np.linspace(low, high, ENTROPY_CANDIDATES)
+    best = int(np.argmin(_blocked(objective, candidates, block=32)))
+    spacing = candidates[1] - candidates[0] if len(candidates) > 1 else 0.0
+    fine = np.linspace(max(low, candidates[best] - spacing), min(high, candidates[best] + spacing),
+                       33)
+    return float(fine[int(np.argmin(_blocked(objective, fine, block=33)))])
 
 
-def _xlogx(values):
-    values = np.asarray(values, dtype=np.float64)
-    return np.where(values > 0, values * np.log(np.maximum(values, 1e-300)), 0.0)
+def _kl_of_windows(cumulative: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                   levels: int) -> np.ndarray:
+    """KL(P || Q) of each window ``[start, stop)`` (bin positions, fractional) of the histogram
+    whose cumulative counts are ``cumulative``.
+
+    P: the window cut into ``levels * ENTROPY_BINS_PER_LEVEL`` equal bins (counts read from the
+    cumulative counts, linear within a histogram bin), the values left of the window added to
+    its first bin and those right of it to its last, normalised. Q: P's window without those
+    outliers, summed per level and spread evenly over the level's non-empty bins of P,
+    normalised; a level with outliers but no count of its own gets :data:`KL_EMPTY_COUNT`."""
+    bins = levels * ENTROPY_BINS_PER_LEVEL
+    positions = starts[:, None] + (stops - starts)[:, None] * (np.arange(bins + 1) / bins)[None, :]
+    cut = _interpolated(cumulative, positions)
+    window = np.diff(cut, axis=1)
+    p = window.copy()
+    p[:, 0] += cut[:, 0]
+    p[:, -1] += cumulative[-1] - cut[:, -1]
+    shape = (len(starts), levels, ENTROPY_BINS_PER_LEVEL)
+    nonempty = (p > 0).reshape(shape)
+    level_counts = np.maximum(window.reshape(shape).sum(axis=2), KL_EMPTY_COUNT)
+    level_bins = np.maximum(nonempty.sum(axis=2), 1)
+    q = (level_counts / level_bins)[:, :, None] * nonempty
+    q = q.reshape(len(starts), bins)
+    p = p / p.sum(axis=1, keepdims=True)
+    q = q / q.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / np.where(q > 0, q, 1.0)), 0.0)
+    return terms.sum(axis=1)
 
 
-def _refined_argmin(candidates: np.ndarray, objective) -> int:
-    """The candidate minimising ``objective`` (vectorised): every ``stride``-th first, then
-    each one around the best; evaluated in blocks so memory stays small."""
-    stride = max(1, len(candidates) // MAX_CANDIDATES)
-    coarse = candidates[::stride]
-    best = int(np.argmin(_blocked(objective, coarse)))
-    low, high = max(0, best * stride - stride), min(len(candidates), best * stride + stride + 1)
-    fine = candidates[low:high]
-    return int(fine[int(np.argmin(_blocked(objective, fine)))])
+def _interpolated(cumulative: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Cumulative counts at fractional bin positions (linear within a bin)."""
+    last = len(cumulative) - 1
+    positions = np.clip(positions, 0.0, last)
+    left = np.minimum(np.floor(positions).astype(np.int64), last - 1)
+    fraction = positions - left
+    return cumulative[left] + (cumulative[left + 1] - cumulative[left]) * fraction
 
 
 def _blocked(objective, values: np.ndarray, block: int = 128) -> np.ndarray:
