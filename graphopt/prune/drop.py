@@ -373,8 +373,9 @@ def plan_drop(graph: Graph, group: ChannelGroup) -> DropPlan:
 
 @dataclass
 class DropReport:
-    """What :func:`drop_channels` did: channels and parameters before and after, the zeroed
-    channels that stayed and why (per group), and the rewrite engine's report (``rewrite``)."""
+    """What :func:`drop_channels` did: channels and parameters before and after, per channel
+    group its channels before and after and the zeroed channels that stayed and why
+    (``groups``), and the rewrite engine's report (``rewrite``)."""
     channels_before: int
     channels_after: int
     params_before: int
@@ -401,7 +402,8 @@ class DropReport:
                 reasons = "; ".join(f"{count} kept: {why}" for why, count in entry["kept"].items())
                 lines.append(f"  group of {', '.join(entry['producers'][:3])}"
                              f"{' ...' if len(entry['producers']) > 3 else ''}: "
-                             f"{entry['channels']} channels, {reasons}")
+                             f"{entry['channels_before']} -> {entry['channels']} channels, "
+                             f"{reasons}")
         return "\n".join(lines)
 
 
@@ -417,7 +419,8 @@ def drop_channels(graph: Graph, check: str | None = None) -> tuple[Graph, DropRe
     runs MXNet before and after (the rewrite engine's check)."""
     from graphopt.rewrite.engine import rewrite
     started = time.perf_counter()
-    before, _ = _group_channels(graph)
+    before, original = _group_channels(graph)
+    size_before = {p.node: g.size for g in original for p in g.producers}
     # the rule from its own file: another rule file being broken does not stop a drop
     rules = [r for r in load_rule_file(builtin_rules_dir() / RULE_FILE) if r.name == RULE]
     smaller, report = rewrite(graph, rules=rules, phases=["drop_channels"], check=check)
@@ -429,8 +432,9 @@ def drop_channels(graph: Graph, check: str | None = None) -> tuple[Graph, DropRe
         for channel in plan.zeroed:
             why = group.pinned.get(channel) or plan.kept.get(channel) or "kept"
             kept[why] = kept.get(why, 0) + 1
-        entries.append({"producers": [p.node for p in group.producers], "channels": group.size,
-                        "zeroed_kept": len(plan.zeroed), "kept": kept})
+        entries.append({"producers": [p.node for p in group.producers],
+                        "channels_before": size_before.get(group.producers[0].node, group.size),
+                        "channels": group.size, "zeroed_kept": len(plan.zeroed), "kept": kept})
     return smaller, DropReport(before, after, sum(int(v.size) for v in graph.params.values()),
                                sum(int(v.size) for v in smaller.params.values()), entries, report,
                                time.perf_counter() - started)
