@@ -25,10 +25,11 @@ from graphopt.schema import OpSpec, mxnet_schema
 
 # Phases run in this order. Only cleanup and fold run by default; the others are asked for:
 # ``lower`` trades a fused op for simpler ones (BatchNorm -> multiply + add), slower in MXNet and
-# only worth it for a consumer that wants no BatchNorm; ``drop_channels`` deletes the channels
-# pruning zeroed (graphopt.prune); ``quantize`` inserts quantize/dequantize pairs
-# (graphopt.quantize), last, so that it sees the graph every other phase left.
-PHASES = ("cleanup", "fold", "lower", "drop_channels", "quantize")
+# only worth it for a consumer that wants no BatchNorm; ``equalize`` rescales the channels of
+# conv -> (ReLU) -> conv pairs before calibration (graphopt.quantize.equalize); ``drop_channels``
+# deletes the channels pruning zeroed (graphopt.prune); ``quantize`` inserts quantize/dequantize
+# pairs (graphopt.quantize), last, so that it sees the graph every other phase left.
+PHASES = ("cleanup", "fold", "lower", "equalize", "drop_channels", "quantize")
 DEFAULT_PHASES = ("cleanup", "fold")
 
 DEFAULT_TOLERANCE = 1e-5
