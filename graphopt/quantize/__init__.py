@@ -20,9 +20,11 @@ from graphopt.quantize.mxnet_int8 import Int8Report, to_mxnet_int8
 from graphopt.quantize.sensitivity import (FallbackResult, LayerSensitivity, fallback_until,
                                            sensitivity)
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, QuantizeOptions
+from graphopt.quantize.equalize import equalize  # registers rules/equalize.toml's functions
+from graphopt.quantize.bias_correction import BiasCorrectionReport, correct_bias
 
 __all__ = ["calibrate", "Calibration", "CalibrationWarning", "ImagePreprocessing",
            "quantize", "quantize_dynamic", "QuantizeReport", "fusion_report", "FusionReport", "FusionGroup", "QuantizeOptions", "ObservedRanges", "QUANTIZABLE_OPS",
            "QUANTIZE", "DEQUANTIZE", "DYNAMIC_QUANTIZE",
            "to_mxnet_int8", "Int8Report", "sensitivity", "LayerSensitivity", "fallback_until",
-           "FallbackResult"]
+           "FallbackResult", "equalize", "correct_bias", "BiasCorrectionReport"]
