@@ -6,7 +6,6 @@ computes what the masked model computes, in MXNet and in onnxruntime."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import mxnet as mx
 import numpy as np
@@ -20,9 +19,6 @@ from graphopt.prune import channel_groups
 from graphopt.prune.layers import output_filters
 from graphopt.runtime import run_mxnet, run_onnx
 
-DROP_AVAILABLE = importlib.util.find_spec("graphopt.prune.drop") is not None
-needs_drop = pytest.mark.skipif(not DROP_AVAILABLE, reason="drop_channels (graphopt.prune.drop) "
-                                                            "is not there yet")
 DIGITS = {"data": (1, 1, 28, 28)}
 
 
@@ -231,7 +227,6 @@ def dropped_resnet(resnet):
     return masked, smaller, report
 
 
-@needs_drop
 def test_dropping_the_zeroed_filters_cuts_macs_and_computes_the_masked_model(
         dropped_resnet, heldout):
     masked, smaller, report = dropped_resnet
@@ -248,7 +243,6 @@ def test_dropping_the_zeroed_filters_cuts_macs_and_computes_the_masked_model(
     np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
-@needs_drop
 def test_the_smaller_model_saves_as_mxnet_and_onnx(dropped_resnet, heldout, tmp_path):
     masked, smaller, _ = dropped_resnet
     images = heldout[0][:16]
@@ -264,7 +258,6 @@ def test_the_smaller_model_saves_as_mxnet_and_onnx(dropped_resnet, heldout, tmp_
     np.testing.assert_allclose(onnx_out, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
-@needs_drop
 def test_lenet_half_its_filters_dropped(lenet, heldout):
     """The seed's LeNet at 50% filter pruning plus dropping, before any fine-tuning: MACs and
     held-out accuracy (the figures in the issue's closing note)."""
@@ -301,14 +294,14 @@ def test_a_coupling_the_analysis_cannot_follow_leaves_the_layer_alone_and_says_w
     assert pruned.params["c1_weight"] is graph.params["c1_weight"]
     reasons = {tuple(s["layers"]): s["reason"] for s in report.skipped}
     assert "transpose 'nhwc'" in reasons[("c1",)], reasons
-    if DROP_AVAILABLE:  # and dropping keeps the model's function
-        smaller, report = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
-                                         measure_storage=False)
-        data = {"data": rng.uniform(-1, 1, (3, 2, 9, 9)).astype(np.float32)}
-        (reference,) = run_mxnet(pruned, data).values()
-        (actual,) = run_mxnet(smaller, data).values()
-        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-6)
-        assert smaller.params["c0_weight"].shape[0] == 4
+    # and dropping keeps the model's function
+    smaller, report = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
+                                     measure_storage=False)
+    data = {"data": rng.uniform(-1, 1, (3, 2, 9, 9)).astype(np.float32)}
+    (reference,) = run_mxnet(pruned, data).values()
+    (actual,) = run_mxnet(smaller, data).values()
+    np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-6)
+    assert smaller.params["c0_weight"].shape[0] == 4
 
 
 def seeded_model(symbol, tmp_path, name, data_shape):
@@ -342,14 +335,40 @@ def test_a_grouped_deconvolution_loses_equally_many_filters_per_group(tmp_path):
     l1 = np.abs(graph.params["up_weight"]).reshape(2, 4, 4, -1).sum(axis=(1, 3))  # (group, j)
     assert zeroed == [sorted(np.argsort(l1[g], kind="stable")[:2].tolist()) for g in (0, 1)]
     assert not np.any(masked.params["up_bias"][[g * 4 + j for g in (0, 1) for j in zeroed[g]]])
-    if DROP_AVAILABLE:
-        smaller, _ = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
-                                    measure_storage=False)
-        assert smaller.params["up_weight"].shape == (4, 2, 4, 4)
-        data = {"data": np.random.RandomState(1).uniform(-1, 1, (2, 2, 6, 6)).astype(np.float32)}
-        (reference,) = run_mxnet(masked, data).values()
-        (actual,) = run_mxnet(smaller, data).values()
-        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+    smaller, _ = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
+                                measure_storage=False)
+    assert smaller.params["up_weight"].shape == (4, 2, 4, 4)
+    data = {"data": np.random.RandomState(1).uniform(-1, 1, (2, 2, 6, 6)).astype(np.float32)}
+    (reference,) = run_mxnet(masked, data).values()
+    (actual,) = run_mxnet(smaller, data).values()
+    np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_depthwise_deconvolution_loses_the_filters_of_its_pruned_channels(tmp_path):
+    # a depthwise Deconvolution (num_group == C_in, a CenterNet-style upsampler) passes channel
+    # c through its weight row c: W is (C_in, 1, kh, kw), so pruning channel c of the conv
+    # before it must zero W[c] as well (it zeroed nothing when the group count was taken as 1)
+    sym = mx.sym
+    x = sym.relu(sym.Convolution(sym.var("data"), num_filter=8, kernel=(3, 3), pad=(1, 1),
+                                 name="c0"))
+    x = sym.Deconvolution(x, num_filter=8, num_group=8, kernel=(4, 4), stride=(2, 2),
+                          pad=(1, 1), no_bias=False, name="up")
+    x = sym.Convolution(sym.relu(x), num_filter=4, kernel=(1, 1), name="c1")
+    x = sym.Pooling(x, global_pool=True, kernel=(1, 1), pool_type="avg")
+    graph = seeded_model(sym.FullyConnected(sym.Flatten(x), num_hidden=3, name="fc"), tmp_path,
+                         "dwdeconv", (1, 2, 6, 6))
+    masked, _ = graphopt.prune(graph, method="filters", ratio=0.5, measure_storage=False)
+    pruned_channels = zeroed_channels(masked, "c0")
+    assert len(pruned_channels) == 4
+    deconv_rows = masked.params["up_weight"].reshape(8, -1)
+    assert set(np.flatnonzero(~np.any(deconv_rows != 0, axis=1))) == pruned_channels
+    smaller, _ = graphopt.prune(graph, method="filters", ratio=0.5, drop=True,
+                                measure_storage=False)
+    assert smaller.params["up_weight"].shape == (4, 1, 4, 4)
+    data = {"data": np.random.RandomState(1).uniform(-1, 1, (2, 2, 6, 6)).astype(np.float32)}
+    (reference,) = run_mxnet(masked, data).values()
+    (actual,) = run_mxnet(smaller, data).values()
+    np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_bn_gamma_after_a_residual_add_ranks_a_pre_activation_trunk(tmp_path):
@@ -390,7 +409,6 @@ def test_pinned_channels_of_a_segment_are_never_zeroed(tmp_path):
                             "drops per block)"]
 
 
-@needs_drop
 def test_lenet_half_its_filters_dropped_recovers_with_a_short_fine_tune(lenet, heldout):
     """After: 3 epochs of plain fine-tuning (graphopt.distill with alpha=1, no teacher) of the
     dropped LeNet. Measured 0.9916 in two runs (MXNet's training is not bit-reproducible, so

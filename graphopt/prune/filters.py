@@ -350,9 +350,8 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
             if not indices:
                 continue
             weight = pruned.params[producer.weight]
-            groups = 1 if producer.depthwise else producer.num_group
-            pruned.set_param(producer.weight,
-                             zero_output_channels(weight, producer.op, indices, groups))
+            pruned.set_param(producer.weight, zero_output_channels(
+                weight, producer.op, indices, producer.num_group))
             pruned_layers.append(_layer_of(producer))
     settings = {"ratio": ratio, "criterion": criterion, "scope": scope, "round_to": round_to,
                 "layers": selection_setting(layers)}
