@@ -4,7 +4,10 @@ For each of the models trained on the handwritten digits (fixtures/models/lenet_
 classic walkthrough's LeNet, and resnet_digits, a small ResNet with BatchNorm), prints what
 ``graphopt inspect`` shows, saves it back and proves MXNet computes the same bits, rewrites it
 with the built-in rules, exports it to ONNX and compares onnxruntime with MXNet on the held-out
-digits. Exits non-zero if any check fails.
+digits. Then runs the optimization pipeline of ``examples/resnet_digits.pipeline.toml`` on the
+digits ResNet (fold -> prune half the filters -> distill from the unpruned model -> int8 with an
+accuracy budget -> ONNX + MXNet), every step gated, and writes its report (report.html) to
+``build/demo-pipeline/`` (``--out``). Exits non-zero if any check or gate fails.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from graphopt.cli import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = [str(REPO / "fixtures" / "models" / name) for name in ("lenet_digits", "resnet_digits")]
+PIPELINE = REPO / "examples" / "resnet_digits.pipeline.toml"
 
 
 def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -40,11 +44,16 @@ def run_mxnet(symbol_path: Path, params_path: Path, x: np.ndarray) -> np.ndarray
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="PREFIX of each model")
+    parser.add_argument("--out", default=str(REPO / "build" / "demo-pipeline"),
+                        help="where the pipeline writes its models and report.html")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline")
     args = parser.parse_args(argv)
     x, labels = held_out_digits()
     failures = []
     for model in args.models:
         failures += demo_one(model, x, labels)
+    if not args.no_pipeline:
+        failures += demo_pipeline(args.out)
     print("\n" + ("demo OK" if not failures else f"demo FAILED: {', '.join(failures)}"))
     return 1 if failures else 0
 
@@ -96,6 +105,22 @@ def demo_one(model: str, x: np.ndarray, labels: np.ndarray) -> list[str]:
         print(comparison.format())
         if not comparison.ok or comparison.first_divergent is not None:
             failures.append(f"{graph.name}: onnx comparison")
+    return failures
+
+
+def demo_pipeline(out: str) -> list[str]:
+    """``graphopt run examples/resnet_digits.pipeline.toml --out OUT``, in process."""
+    from graphopt.pipeline import GateError, load_pipeline_file, run_pipeline
+    from graphopt.pipeline.cli import format_summary
+    print(f"\n######## pipeline {PIPELINE.relative_to(REPO)}")
+    try:
+        result = run_pipeline(load_pipeline_file(PIPELINE), out=out,
+                              log=lambda text: print(f"[pipeline] {text}", flush=True))
+        failures = []
+    except GateError as error:
+        result, failures = error.result, [f"pipeline: {error}"]
+    print(format_summary(result.report))
+    print(f"open {Path(out) / 'report.html'} to see the report")
     return failures
 
 
