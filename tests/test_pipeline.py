@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from graphopt.cli import main
+from graphopt.pipeline import load_pipeline_file
 from graphopt.pipeline.report_html import format_figure
 from graphopt.runtime import run_mxnet, run_onnx
 
@@ -76,8 +77,10 @@ def test_the_chain_passes_its_gates_and_writes_validated_artifacts(resnet_chain,
     assert np.mean(logits.argmax(1) == y) == pytest.approx(quantized["figures"]["accuracy"])
     # MXNet's own int8 model runs, and agrees with the distilled float model on most digits
     (int8,) = run_mxnet((out / "model-symbol.json", out / "model-0000.params"), {"data": x}).values()
-    assert np.mean(int8.argmax(1) == y) > quantized["figures"]["accuracy"] - 0.05
-    assert steps["export"]["mxnet_int8"] and steps["export"]["per_layer"]
+    mxnet_accuracy = np.mean(int8.argmax(1) == y)
+    assert mxnet_accuracy > quantized["figures"]["accuracy"] - 0.05
+    assert steps["export"]["mxnet_int8"]["accuracy"] == pytest.approx(mxnet_accuracy)
+    assert steps["export"]["per_layer"]
     # every step's model is kept for inspection
     for name in ("01-fold", "02-prune", "03-distill", "04-quantize"):
         assert (out / "steps" / name / "model-symbol.json").is_file()
@@ -179,6 +182,8 @@ def test_a_pipeline_file_runs_with_paths_relative_to_it(tmp_path):
     ('sparsity = "half"', "line 12: 'sparsity' in [[step]] #2 (prune) must be a number, not str"),
     ("sparsity = 0.5\nbogus.key = 1", "line 13: unknown key 'bogus'"),
     ("sparsity = 0.5 oops", "not valid TOML"),
+    ('sparsity = 0.5\nscope = "everywhere"',
+     "line 13: 'scope' in [[step]] #2 (prune) must be one of layer, global, not 'everywhere'"),
 ])
 def test_a_bad_pipeline_file_is_refused_with_its_line(tmp_path, capsys, prune_line, message):
     path = tmp_path / "pipeline.toml"
@@ -186,6 +191,12 @@ def test_a_bad_pipeline_file_is_refused_with_its_line(tmp_path, capsys, prune_li
     assert main(["run", str(path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "build").exists()
+
+
+def test_the_example_pipeline_file_is_valid():
+    spec = load_pipeline_file(ROOT / "examples" / "resnet_digits.pipeline.toml")
+    assert [step.kind for step in spec.steps] == ["fold", "prune", "distill", "quantize"]
+    assert Path(spec.path(spec.model)).resolve() == Path(RESNET)
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):

@@ -182,6 +182,11 @@ def format_summary(report: dict) -> str:
         if record["kind"] == "export":
             lines.append(f"{'export':<14} ONNX vs MXNet: SQNR {format_figure('sqnr_db', figures.get('sqnr_db'))} dB, "
                          f"relative error {format_figure('relative_error', figures.get('relative_error'))}  {verdict}")
+            if record.get("mxnet_int8"):
+                int8 = record["mxnet_int8"]
+                lines.append(f"{'':<14} MXNet's int8 model: accuracy "
+                             f"{format_figure('accuracy', int8['accuracy'])}, SQNR "
+                             f"{format_figure('sqnr_db', int8['sqnr_db'])} dB against float")
             continue
         lines.append(f"{record['name']:<14} " + " ".join(
             f"{format_figure(k, figures.get(k)):>14}" for k in keys) + f"  {verdict}")

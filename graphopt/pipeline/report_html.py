@@ -242,6 +242,12 @@ def render_html(report: dict, graph: Graph) -> str:
     plot = ('<p class="muted">not exported (the run stopped before)</p>' if export is None else
             error_plot(export["per_layer"], next((c["limit"] for c in export["gate"]["checks"]
                                                   if c["criterion"] == "relative error"), None)))
+    if export is not None and export.get("mxnet_int8"):
+        int8 = export["mxnet_int8"]
+        plot += (f'<p id="mxnet-int8">MXNet\'s own int8 model (oneDNN, the MXNet file written): '
+                 f'accuracy {_e(format_figure("accuracy", int8["accuracy"]))}, SQNR '
+                 f'{_e(format_figure("sqnr_db", int8["sqnr_db"]))} dB against the float model '
+                 f'(measured, not gated)</p>')
     files = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in report["files"].items())
     counts = {mark: len(names) for mark, names in report["marks"].items()}
     return f"""<!DOCTYPE html>

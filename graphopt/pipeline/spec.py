@@ -83,6 +83,14 @@ STEPS = {
                  "num_samples": INTEGER, "max_accuracy_drop": NUMBER, "min_sqnr": NUMBER},
 }
 STEP_COMMON = {"kind": STRING, "name": STRING, "gate": TABLE}
+CHOICES = {  # string options with a closed set of values: refused here, with their line
+    ("prune", "method"): ("magnitude", "filters"),
+    ("prune", "criterion"): ("l1", "l2", "bn_gamma"),
+    ("prune", "scope"): ("layer", "global"),
+    ("distill", "lr_schedule"): ("cosine",),
+    ("quantize", "method"): ("minmax", "percentile", "entropy", "mse"),
+    ("quantize", "activations"): ("uint8", "int8"),
+}
 OUTPUT_FORMATS = ("onnx", "mxnet")
 
 
@@ -204,6 +212,11 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
                               f"{', '.join(STEPS)}, not {kind!r}", key, "step", index)
         context = f"[[step]] #{index + 1} ({kind})"
         _check_keys(raw, {**STEP_COMMON, **STEPS[kind]}, where, "step", index, context)
+        for key, value in raw.items():
+            allowed = CHOICES.get((kind, key))
+            if allowed is not None and value not in allowed:
+                raise where.error(f"{key!r} in {context} must be one of {', '.join(allowed)}, "
+                                  f"not {value!r}", key, "step", index)
         gate = raw.get("gate", {})
         _check_keys(gate, GATE, where, "step", index, f"the gate of {context}")
         if gate.get("against", "previous") not in GATE_AGAINST:

@@ -67,7 +67,9 @@ def distill(context: Context, step: Step) -> StepOutcome:
     if teacher is None:
         teacher = context.resolve(teacher_name)
     train = context.resolve(options.pop("train_data", "digits"))
-    val = context.resolve(options.pop("val_data", train))
+    # the digits validate on their held-out split; other data only when named (else the last
+    # epoch is kept): validating on the training set would pick an epoch by its training fit
+    val = context.resolve(options.pop("val_data", "digits" if train == "digits" else None))
     result = graphopt.distill(teacher, context.current, train, val, **options)
     details = result.to_dict()
     details["teacher"] = teacher_name
