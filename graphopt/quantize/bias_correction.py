@@ -55,16 +55,16 @@ class BiasCorrectionReport:
                 "samples": self.samples}
 
 
-def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *,
+def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *, num_samples: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Graph, BiasCorrectionReport]:
     """A copy of ``qgraph`` (made by :func:`graphopt.quantize.quantize` from ``float_graph``)
     whose int8 layers' int32 biases no longer carry the mean error of their rounded weights on
-    ``data`` (the calibration data, in any form :func:`graphopt.quantize.calibrate` takes).
-    ``float_graph`` gives the float weights and is run once over ``data``; neither graph is
-    changed."""
+    ``data`` (the calibration data, in any form :func:`graphopt.quantize.calibrate` takes; at
+    most ``num_samples`` of it). ``float_graph`` gives the float weights and is run once over
+    the data; neither graph is changed."""
     report = BiasCorrectionReport()
     layers = _quantized_layers(qgraph, float_graph, report)
-    means, report.samples = input_means(float_graph, data, layers, batch_size)
+    means, report.samples = input_means(float_graph, data, layers, batch_size, num_samples)
     new_graph = qgraph.copy()
     for layer, (weight_q, bias_q, bias_scale, float_weight) in layers.items():
         shift = _mean_output_shift(float_graph.node(layer), means[layer],
@@ -76,8 +76,8 @@ def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *,
     return new_graph, report
 
 
-def input_means(graph: Graph, data: Any, layers, batch_size: int = DEFAULT_BATCH_SIZE
-                ) -> tuple[dict[str, np.ndarray], int]:
+def input_means(graph: Graph, data: Any, layers, batch_size: int = DEFAULT_BATCH_SIZE,
+                num_samples: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """``{layer: mean of its data input over the samples}`` (one sample's shape) and the
     number of samples, from one MXNet run of ``graph`` over ``data``."""
     from graphopt.quantize.data import input_batches
@@ -89,7 +89,7 @@ def input_means(graph: Graph, data: Any, layers, batch_size: int = DEFAULT_BATCH
     if not wanted:
         return {}, 0
     model = MXNetModel.from_graph(graph)
-    for batch in input_batches(graph, data, batch_size):
+    for batch in input_batches(graph, data, batch_size, num_samples):
         values = model.run(batch, outputs=wanted)
         for name, value in values.items():
             total = value.astype(np.float64).sum(axis=0)
