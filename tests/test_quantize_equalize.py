@@ -11,6 +11,7 @@ The rules' own test vectors run in tests/test_rewrite_rules.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mxnet as mx
@@ -154,3 +155,26 @@ def test_bias_correction_raises_lenet_digits_sqnr_and_keeps_its_int8_kernels(dig
     assert fixed_fusion.confirmed and len(fixed_fusion.fused) == len(plain_fusion.fused)
     # the graph itself is unchanged but for int32 bias values
     assert sorted(n.op for n in corrected.op_nodes()) == sorted(n.op for n in qgraph.op_nodes())
+
+
+@pytest.mark.parametrize("flags, corrected", [([], True),
+                                              (["--no-equalize", "--no-bias-correction"], False)])
+def test_cli_equalizes_and_corrects_biases_by_default(tmp_path, digits, flags, corrected):
+    from graphopt.cli import main
+    calibration_x, _heldout = digits
+    np.savez(tmp_path / "calib.npz", data=calibration_x)
+    code = main(["quantize", str(FIXTURES / "resnet_digits"), "--input", "data:1x1x28x28",
+                 "--calib", str(tmp_path / "calib.npz"), "--method", "minmax",
+                 "-o", str(tmp_path / "int8.onnx"), "--report", str(tmp_path / "report.json"),
+                 *flags])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["equalize_rewrites"] is not None) == corrected
+    assert ("bias_correction" in report["quantize"]) == corrected
+    if corrected:
+        assert report["equalize_rewrites"] >= 1
+        assert report["quantize"]["bias_correction"]["samples"] == CALIBRATION_SAMPLES
+        corrected_layers = set(report["quantize"]["bias_correction"]["corrected"])
+        # every int8 conv (and the last dense layer: int8 weights, float output)
+        int8_convs = {name for name in report["quantize"]["quantized"] if "conv" in name}
+        assert int8_convs and int8_convs <= corrected_layers

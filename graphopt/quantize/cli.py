@@ -47,6 +47,12 @@ def add_commands(commands) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13: per-channel QDQ)")
     p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
     p.add_argument("--no-fold", action="store_true", help="do not run the cleanup and fold rules first")
+    p.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="cross-layer equalization of conv -> (ReLU) -> conv pairs before calibrating "
+                        "(rules/equalize.toml; not with a calibration table .json, made before it)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold the mean error of the rounded weights on the calibration data into "
+                        "the int32 biases (ONNX static; not with a calibration table .json)")
     p.add_argument("--report", metavar="REPORT.json", help="write the quantization (and fusion) report")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_quantize)
@@ -75,13 +81,21 @@ def cmd_quantize(args) -> int:
     graph = _load(args)
     if not args.no_fold:
         graph, _ = graphopt.rewrite(graph)
+    from_data = not args.dynamic and not str(args.calib).endswith(".json")
+    equalized = None
+    if args.equalize and from_data:
+        from graphopt.quantize.equalize import equalize
+        graph, equalize_report = equalize(graph)
+        equalized = sum(equalize_report.applied(rule) for rule in
+                        ("equalize_convolutions_through_relu", "equalize_convolutions"))
     calibration = None if args.dynamic else load_calibration(graph, args.calib, args.method,
                                                              args.num_samples)
     summary: dict = {"model": str(args.model), "method": "dynamic" if args.dynamic else args.method,
                      "to": args.to,
-                     "output": args.output}
+                     "output": args.output, "equalize_rewrites": equalized}
     if args.to == "onnx":
-        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(graph, calibration, args)
+        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(
+            graph, calibration, args, bias_data=args.calib if from_data else None)
         write = lambda: graphopt.onnx.emit.save(model, args.output)  # noqa: E731
     else:
         from graphopt.quantize.mxnet_int8 import to_mxnet_int8
@@ -102,11 +116,13 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def quantize_to_onnx(graph, calibration, args):
-    """The QDQ model (not written yet), the quantization report and the fusion report."""
+def quantize_to_onnx(graph, calibration, args, bias_data=None):
+    """The QDQ model (not written yet), the quantization report and the fusion report;
+    with ``bias_data`` (the calibration data) and ``args.bias_correction``, bias-corrected."""
     import graphopt
     from graphopt.quantize.fusion import fusion_report
     from graphopt.quantize.qdq import quantize, quantize_dynamic
+    bias_report = None
     if calibration is None:
         qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude,
                                           reduce_range=args.reduce_range)
@@ -115,9 +131,16 @@ def quantize_to_onnx(graph, calibration, args):
                                   per_channel=args.per_channel, exclude=args.exclude,
                                   exclude_first_last=args.exclude_first_last,
                                   reduce_range=args.reduce_range)
+        if bias_data is not None and getattr(args, "bias_correction", False):
+            from graphopt.quantize.bias_correction import correct_bias
+            qgraph, bias_report = correct_bias(qgraph, graph, bias_data,
+                                               num_samples=args.num_samples)
     model = graphopt.to_onnx(qgraph, opset=args.opset, dynamic_batch=not args.static_batch)
     fusion = fusion_report(model)
-    return model, report.to_dict(), fusion.to_dict()
+    summary = report.to_dict()
+    if bias_report is not None:
+        summary["bias_correction"] = bias_report.to_dict()
+    return model, summary, fusion.to_dict()
 
 
 def _format(summary: dict) -> str:
