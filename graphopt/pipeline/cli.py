@@ -193,8 +193,10 @@ def format_summary(report: dict) -> str:
     for record in report["steps"]:
         if record.get("budget"):
             budget = record["budget"]
-            lines.append(f"quantization budget {'met' if budget['met'] else 'MISSED'}; kept in float: "
-                         f"{', '.join(budget['float_fallback']) or 'nothing'}")
+            kept = budget["float_fallback"]
+            shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+            lines.append(f"quantization budget {'met' if budget['met'] else 'MISSED'}; kept in "
+                         f"float: {len(kept)} layer(s){': ' + shown if kept else ''}")
     lines.append("files: " + ", ".join(f"{v}" for v in report["files"].values()))
     lines.append("result: " + ("OK" if report["ok"] else f"FAILED: {report['failure']}"))
     return "\n".join(lines)

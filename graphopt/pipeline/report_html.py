@@ -110,7 +110,7 @@ def _budget(report: dict) -> str:
                                                   ("min SQNR dB", budget["min_sqnr"])) if v is not None)
         verdict = ("met" if budget["met"] else "MISSED: the best model found is written")
         rows = "".join(
-            f"<tr><td>{k}</td><td class='name'>{_e(', '.join(s['float_fallback']) or '-')}</td>"
+            f"<tr><td>{k}</td><td class='name'>{_e(s['float_fallback'][-1] if k else '-')}</td>"
             f"<td>{_e(format_figure('accuracy', s['accuracy']))}</td>"
             f"<td>{_e(format_figure('sqnr_db', s['sqnr_db']))}</td></tr>"
             for k, s in enumerate(budget["steps"]))
@@ -118,7 +118,8 @@ def _budget(report: dict) -> str:
                      f'<div class="verdict {"ok" if budget["met"] else "failed"}">budget {_e(goal)}: '
                      f"{_e(verdict)}</div><p>kept in float: "
                      f"{_e(', '.join(budget['float_fallback']) or 'nothing')}</p>"
-                     "<table><thead><tr><th>layers in float</th><th class='name'>which</th>"
+                     "<table><thead><tr><th>layers in float</th><th class='name'>the one added, "
+                     "most sensitive first</th>"
                      f"<th>accuracy</th><th>SQNR dB</th></tr></thead><tbody>{rows}</tbody></table>")
     return "".join(parts)
 
