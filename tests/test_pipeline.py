@@ -205,6 +205,9 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert optimize(LENET, *DIGITS_INPUT, "--quantize", "int8", "--max-accuracy-drop", "0.01",
                     "--out", str(tmp_path)) == 2   # an accuracy budget without labelled data
     assert "labelled" in capsys.readouterr().err
+    assert optimize(LENET, *DIGITS_INPUT, "--fold-bn", "-o", str(tmp_path / "m"),
+                    "--out", str(tmp_path)) == 2   # -o is the single-output form's
+    assert "not of the pipeline" in capsys.readouterr().err
 
 
 def test_the_single_output_form_of_optimize_is_unchanged(tmp_path):

@@ -105,9 +105,18 @@ def _distill_step(text: str) -> dict:
 def spec_from_args(args):
     """The pipeline document of ``optimize``'s flags, validated like a pipeline file."""
     from graphopt.pipeline.spec import validate
+    single_output_flags = [flag for flag, given in (
+        ("-o/--output", args.output), ("--rules-dir", args.rules_dir), ("--check", args.check),
+        ("--explain", args.explain), ("--opset", args.opset),
+        ("--static-batch", args.static_batch)) if given]
+    if single_output_flags:
+        raise PipelineError(f"{', '.join(single_output_flags)}: flags of the single-output form "
+                            f"of optimize (-o OUT), not of the pipeline (--out DIR, step flags)")
+    if args.phases and not args.fold_bn:
+        raise PipelineError("--phases chooses the rule phases of --fold-bn: give --fold-bn too")
     steps = []
     if args.fold_bn:
-        steps.append({"kind": "fold"})
+        steps.append({"kind": "fold", **({"phases": args.phases.split(",")} if args.phases else {})})
     if args.prune:
         steps.append(_prune_step(args.prune))
     if args.distill:
