@@ -164,9 +164,10 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
                 marks.setdefault(mark, set()).update(names)
         if failure is not None:
             break
-    budget_missed = failure is not None and last_outcome is not None and last_outcome.budget \
-        and not last_outcome.budget["met"] and run.records[-1]["name"] == spec.steps[-1].name \
-        and last_outcome.graph is context.current
+    # a missed quantization budget stops the run but still exports the best model it found
+    budget_missed = (failure is not None and last_outcome is not None
+                     and last_outcome.budget is not None and not last_outcome.budget["met"]
+                     and last_outcome.graph is context.current)
     if failure is None or budget_missed:
         export_failure = _export(run, context, last_outcome)
         failure = failure or export_failure
@@ -228,8 +229,8 @@ def _export(run: _Run, context: Context, last: StepOutcome | None) -> str | None
     onnx_model = graphopt.to_onnx(graph)
     sample = run.evaluation.first(min(16, run.evaluation.count))
     comparison = compare(graph, None, onnx_model, data=sample, per_layer=True)
-    reference = comparison_outputs(graph, sample)
-    actual = list(onnx_runner(onnx_model)(sample))
+    reference = mxnet_runner(graph)(sample)
+    actual = onnx_runner(onnx_model)(sample)
     agreement = output_agreement(reference, actual)
     gate = EXPORT_GATE_INT8 if quantized else EXPORT_GATE_FLOAT
     verdict = check_gate(gate, {}, {}, agreement)
@@ -265,11 +266,6 @@ def _mxnet_int8_figures(run: _Run, mxnet_graph) -> dict:
     float_outputs = run.outputs[run.records[-2]["name"]]
     return {"accuracy": accuracy(outputs, run.evaluation.labels),
             **output_agreement(float_outputs, outputs)}
-
-
-def comparison_outputs(graph, inputs: dict) -> list:
-    from graphopt.runtime import MXNetModel
-    return MXNetModel.from_graph(graph).forward(inputs)
 
 
 def _finite(value: float) -> float | None:
