@@ -193,6 +193,18 @@ def test_a_bad_pipeline_file_is_refused_with_its_line(tmp_path, capsys, prune_li
     assert not (tmp_path / "build").exists()
 
 
+@pytest.mark.parametrize("replace, message", [
+    (('"data:1x1x28x28"', '"data:1xAx28"'), "line 2: 'inputs': expected NAME:DIMxDIM"),
+    (('kind = "fold"', 'kind = "fold"\nname = "../escape"'), "line 8: the name of [[step]] #1"),
+    (('kind = "fold"', 'kind = "fuse"'), "line 7: [[step]] #1: 'kind' must be one of fold, prune"),
+])
+def test_bad_top_level_values_are_refused_with_their_line(tmp_path, capsys, replace, message):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(PIPELINE.format(model=LENET, prune_line="sparsity = 0.5").replace(*replace))
+    assert main(["run", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_the_example_pipeline_file_is_valid():
     spec = load_pipeline_file(ROOT / "examples" / "resnet_digits.pipeline.toml")
     assert [step.kind for step in spec.steps] == ["fold", "prune", "distill", "quantize"]

@@ -37,12 +37,14 @@ A pipeline file::
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graphopt.cli import parse_input
 from graphopt.errors import GraphoptError
 
 
@@ -223,11 +225,19 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
             raise where.error(f"the gate of {context}: 'against' must be one of "
                               f"{', '.join(GATE_AGAINST)}, not {gate['against']!r}", "against",
                               "step", index)
+        if "name" in raw and not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
+            raise where.error(f"the name of {context} ({raw['name']!r}) names its folder: use "
+                              f"letters, digits, '_', '.' and '-'", "name", "step", index)
         options = {k: v for k, v in raw.items() if k not in STEP_COMMON}
         steps.append(Step(kind, options, dict(gate), raw.get("name") or f"{index + 1:02d}-{kind}"))
     names = [step.name for step in steps]
     if len(set(names)) != len(names):
         raise PipelineError(f"{source}: two steps have the same name: {names}")
+    for text in document.get("inputs", []):
+        try:
+            parse_input(text)
+        except argparse.ArgumentTypeError as error:
+            raise where.error(f"'inputs': {error}", "inputs") from None
     to = document.get("to", list(OUTPUT_FORMATS))
     unknown = [f for f in to if f not in OUTPUT_FORMATS]
     if unknown:
