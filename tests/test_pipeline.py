@@ -152,6 +152,19 @@ def test_seeded_inputs_give_numeric_gates(tmp_path, capsys):
     assert quantize["figures"]["accuracy"] is None
 
 
+def test_the_users_labelled_npz_gives_accuracy_gates(tmp_path, held_out):
+    x, y = held_out
+    np.savez(tmp_path / "eval.npz", data=x[:100], label=y[:100])
+    out = tmp_path / "out"
+    assert optimize(LENET, *DIGITS_INPUT, "--data", str(tmp_path / "eval.npz"), "--quantize",
+                    "int8", "--calib", str(tmp_path / "eval.npz"), "--out", str(out)) == 0
+    report = read_report(out)
+    assert report["evaluation"]["samples"] == 100 and report["evaluation"]["labelled"]
+    (logits,) = run_mxnet((LENET + "-symbol.json", LENET + "-0000.params"), {"data": x[:100]}).values()
+    assert report["steps"][0]["figures"]["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y[:100]))
+    assert report["steps"][1]["gate"]["checks"][0]["criterion"] == "accuracy drop"
+
+
 PIPELINE = """\
 model = "{model}"
 inputs = ["data:1x1x28x28"]

@@ -70,12 +70,20 @@ def evaluation_data(graph: Graph, data: str | None, samples: int, seed: int) -> 
 
 def calibration_data(graph: Graph, calib: str | None, evaluation: EvaluationData):
     """What :func:`graphopt.quantize.calibrate` reads: ``"digits"`` is the training split (never
-    the held-out one the gates measure on), a path is given as it is, nothing means the
-    evaluation inputs."""
+    the held-out one the gates measure on), a ``.npz`` its input arrays (labels left out), other
+    sources (an image folder, a calibration table) as they are, nothing the evaluation inputs."""
     if calib is None:
         return evaluation.inputs
     if calib == "digits":
         from graphopt.distill.data import digits
         x_train, _, _, _ = digits()
         return {graph.input_names[0]: x_train}
+    if calib.endswith(".npz") and Path(calib).is_file():
+        # a labelled .npz (the evaluation data's form) calibrates on its inputs only
+        with np.load(calib) as arrays:
+            if all(name in arrays for name in graph.input_names):
+                return {name: arrays[name] for name in graph.input_names}
+            key = next((k for k in ("data", "x") if k in arrays), None)
+            if key is not None and len(graph.input_names) == 1:
+                return {graph.input_names[0]: arrays[key]}
     return calib

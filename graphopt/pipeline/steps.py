@@ -87,10 +87,13 @@ def quantize(context: Context, step: Step) -> StepOutcome:
     graph = context.current
     if any(node.op == "BatchNorm" for node in graph.op_nodes()):
         graph, _ = graphopt.rewrite(graph)  # int8 kernels want one conv, not conv + BatchNorm
-    calibration = calibrate(graph, calibration_data(graph, context.resolve(options.get("calib")),
-                                                    context.evaluation),
-                            method=options.get("method", "entropy"),
-                            num_samples=options.get("num_samples"))
+    source = calibration_data(graph, context.resolve(options.get("calib")), context.evaluation)
+    method, num_samples = options.get("method", "entropy"), options.get("num_samples")
+    if isinstance(source, str) and source.endswith(".json"):  # a table of graphopt calibrate
+        from graphopt.quantize.cli import load_calibration
+        calibration = load_calibration(graph, source, method, num_samples)
+    else:
+        calibration = calibrate(graph, source, method=method, num_samples=num_samples)
     settings = {"activations": options.get("activations", "uint8"),
                 "per_channel": options.get("per_channel", True)}
     exclude = list(options.get("exclude", []))
@@ -130,7 +133,7 @@ def quantize(context: Context, step: Step) -> StepOutcome:
                                        granularity="channel-wise" if settings["per_channel"]
                                        else "tensor-wise")
     details = report.to_dict()
-    details["calibration"] = {"method": options.get("method", "entropy"),
+    details["calibration"] = {"method": method,
                               "data": options.get("calib") or context.evaluation.source}
     marks = {"quantized": list(report.quantized),
              "float fallback": list(budget["float_fallback"]) if budget else []}
