@@ -23,11 +23,13 @@ from pathlib import Path
 from graphopt.pipeline.spec import STEPS, PipelineError
 
 STEP_FLAGS = ("fold_bn", "prune", "distill", "quantize")
+EXIT_CODES = ("exit codes: 0 every gate passed; 1 a gate failed (earlier steps' files stay, the "
+              "report says which step); 2 bad input (flags, pipeline file, model, data)")
 
 
 def add_commands(commands) -> None:
     p = commands.add_parser("run", help="run a pipeline file (pipeline.toml): steps, gates, "
-                                        "deployment files and report")
+                                        "deployment files and report", epilog=EXIT_CODES)
     p.add_argument("pipeline", help="the pipeline file (TOML)")
     p.add_argument("--out", metavar="DIR", help="the output folder (default: the file's 'out')")
     p.add_argument("--json", action="store_true", help="print report.json instead of the summary")
@@ -37,7 +39,8 @@ def add_commands(commands) -> None:
 
 
 def add_pipeline_arguments(p) -> None:
-    group = p.add_argument_group("pipeline (with --out DIR or any step flag; see graphopt.pipeline)")
+    group = p.add_argument_group("pipeline (with --out DIR or any step flag; see graphopt.pipeline)",
+                                 EXIT_CODES)
     group.add_argument("--out", metavar="DIR", help="run the pipeline, writing every step, the "
                        "deployment files and report.json/report.html here")
     group.add_argument("--fold-bn", action="store_true", help="step: fold BatchNorm and clean up")
