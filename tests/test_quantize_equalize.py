@@ -178,3 +178,30 @@ def test_cli_equalizes_and_corrects_biases_by_default(tmp_path, digits, flags, c
         # every int8 conv (and the last dense layer: int8 weights, float output)
         int8_convs = {name for name in report["quantize"]["quantized"] if "conv" in name}
         assert int8_convs and int8_convs <= corrected_layers
+
+
+@pytest.mark.parametrize("op, attrs, data_shape, weight_shape, channel_axis", [
+    ("Convolution", {"kernel": "(3, 3)", "num_filter": "6", "pad": "(1, 1)", "stride": "(2, 2)",
+                     "num_group": "2"}, (5, 4, 9, 9), (6, 2, 3, 3), 1),
+    ("Deconvolution", {"kernel": "(3, 3)", "num_filter": "6", "pad": "(1, 1)", "stride": "(2, 2)",
+                       "adj": "(1, 1)"}, (5, 4, 7, 7), (4, 6, 3, 3), 1),
+    ("FullyConnected", {"num_hidden": "6", "flatten": "False"}, (5, 3, 8), (6, 8), 2),
+    ("FullyConnected", {"num_hidden": "6"}, (5, 3, 4, 4), (6, 48), 1),
+])
+def test_the_shift_removed_is_the_mean_weight_error_over_the_data_borders_included(
+        op, attrs, data_shape, weight_shape, channel_axis):
+    """By linearity, the layer run on the mean input equals the mean of the layer's outputs,
+    zero padding, strides, groups and Deconvolution's output padding included."""
+    from types import SimpleNamespace
+    from graphopt.quantize.bias_correction import mean_output_shift
+    rng = np.random.RandomState(0)
+    x = rng.rand(*data_shape).astype(np.float32)          # positive, as after a ReLU
+    weight_error = rng.randn(*weight_shape).astype(np.float32)
+    layer = SimpleNamespace(op=op, raw_attrs=attrs)
+    every_output = getattr(mx.nd, op)(data=mx.nd.array(x), weight=mx.nd.array(weight_error),
+                                      no_bias=True, **attrs).asnumpy()
+    expected = every_output.mean(axis=tuple(a for a in range(every_output.ndim)
+                                            if a != channel_axis))
+    # float32 sums of up to 48 products of magnitude ~1: 1e-6 absolute
+    np.testing.assert_allclose(mean_output_shift(layer, x.mean(axis=0), weight_error), expected,
+                               atol=1e-5)

@@ -67,7 +67,7 @@ def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *, num_samples: i
     means, report.samples = input_means(float_graph, data, layers, batch_size, num_samples)
     new_graph = qgraph.copy()
     for layer, (weight_q, bias_q, bias_scale, float_weight) in layers.items():
-        shift = _mean_output_shift(float_graph.node(layer), means[layer],
+        shift = mean_output_shift(float_graph.node(layer), means[layer],
                                    weight_q - float_weight)
         steps = np.rint(shift.astype(np.float64) / bias_scale.astype(np.float64))
         corrected = np.clip(qgraph.param(bias_q).astype(np.int64) - steps, INT32.min, INT32.max)
@@ -145,7 +145,7 @@ def _dequantized_param(graph: Graph, dequantize: str) -> np.ndarray:
     return dequantize_linear(q, scale, zero_point, node_axis(graph.node(dequantize)))
 
 
-def _mean_output_shift(layer, mean_input: np.ndarray, weight_error: np.ndarray) -> np.ndarray:
+def mean_output_shift(layer, mean_input: np.ndarray, weight_error: np.ndarray) -> np.ndarray:
     """Per output channel, the mean over positions of ``layer(mean_input, weight_error)``
     without bias, computed by MXNet's own op with the layer's attributes."""
     attrs = {key: value for key, value in layer.raw_attrs.items()
