@@ -142,7 +142,7 @@ def test_a_missed_budget_still_writes_the_best_model_and_says_so(tmp_path, held_
 def test_seeded_inputs_give_numeric_gates(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["optimize", LENET, *DIGITS_INPUT, "--fold-bn", "--quantize", "int8",
-                 "--samples", "8", "--json", "--out", str(out)])
+                 "--samples", "8", "--opset", "17", "--json", "--out", str(out)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["evaluation"] == {"source": "8 seeded inputs (seed 0)", "samples": 8,
@@ -150,6 +150,9 @@ def test_seeded_inputs_give_numeric_gates(tmp_path, capsys):
     quantize = report["steps"][2]
     assert [c["criterion"] for c in quantize["gate"]["checks"]] == ["SQNR dB"]
     assert quantize["figures"]["accuracy"] is None
+    import onnx
+    model = onnx.load(out / "model.onnx")
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
 
 
 def test_the_users_labelled_npz_gives_accuracy_gates(tmp_path, held_out):

@@ -110,8 +110,7 @@ def spec_from_args(args):
     from graphopt.pipeline.spec import validate
     single_output_flags = [flag for flag, given in (
         ("-o/--output", args.output), ("--rules-dir", args.rules_dir), ("--check", args.check),
-        ("--explain", args.explain), ("--opset", args.opset),
-        ("--static-batch", args.static_batch)) if given]
+        ("--explain", args.explain)) if given]
     if single_output_flags:
         raise PipelineError(f"{', '.join(single_output_flags)}: flags of the single-output form "
                             f"of optimize (-o OUT), not of the pipeline (--out DIR, step flags)")
@@ -147,8 +146,10 @@ def spec_from_args(args):
                 "inputs": [f"{i.name}:{'x'.join(map(str, i.shape))}" + (f":{i.dtype}" if i.dtype else "")
                            for i in args.input or []],
                 "to": (args.to or "onnx,mxnet").split(",")}
+    if args.static_batch:
+        document["static_batch"] = True
     for key, value in (("params", args.params), ("data", args.data), ("samples", args.samples),
-                       ("out", args.out)):
+                       ("out", args.out), ("opset", args.opset)):
         if value is not None:
             document[key] = value
     return validate(document, source="graphopt optimize")

@@ -112,7 +112,7 @@ class _Run:
 
     def measure(self, name: str, graph, runtime: str, mxnet_graph=None) -> dict:
         import graphopt
-        onnx_model = graphopt.to_onnx(graph)
+        onnx_model = self.to_onnx(graph)
         evaluation = self.evaluation
         run = mxnet_runner(graph) if runtime == "mxnet" else onnx_runner(onnx_model)
         outputs = run_in_batches(run, evaluation, name)
@@ -125,6 +125,12 @@ class _Run:
         figures["accuracy"] = accuracy(outputs, evaluation.labels)
         figures["measured_in"] = runtime
         return figures
+
+    def to_onnx(self, graph):
+        import graphopt
+        from graphopt.onnx import DEFAULT_OPSET
+        return graphopt.to_onnx(graph, opset=self.spec.opset or DEFAULT_OPSET,
+                                dynamic_batch=not self.spec.static_batch)
 
     def write_step(self, name: str, graph) -> dict[str, str]:
         import graphopt
@@ -226,7 +232,7 @@ def _export(run: _Run, context: Context, last: StepOutcome | None) -> str | None
     graph = context.current
     quantized = last is not None and last.quantized and last.graph is graph
     record: dict[str, Any] = {"name": "export", "kind": "export", "files": {}}
-    onnx_model = graphopt.to_onnx(graph)
+    onnx_model = run.to_onnx(graph)
     sample = run.evaluation.first(min(16, run.evaluation.count))
     comparison = compare(graph, None, onnx_model, data=sample, per_layer=True)
     reference = mxnet_runner(graph)(sample)

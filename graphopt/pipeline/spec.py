@@ -65,7 +65,8 @@ TYPE_NAMES = {STRING: "a string", INTEGER: "an integer", NUMBER: "a number",
 
 TOP_LEVEL = {
     "model": STRING, "params": STRING, "inputs": STRINGS, "data": STRING, "samples": INTEGER,
-    "seed": INTEGER, "out": STRING, "to": STRINGS, "latency_runs": INTEGER, "step": "steps",
+    "seed": INTEGER, "out": STRING, "to": STRINGS, "latency_runs": INTEGER, "opset": INTEGER,
+    "static_batch": BOOLEAN, "step": "steps",
 }
 REQUIRED_TOP_LEVEL = ("model",)
 
@@ -120,6 +121,8 @@ class PipelineSpec:
     out: str | None = None
     to: list[str] = field(default_factory=lambda: ["onnx", "mxnet"])
     latency_runs: int = 20
+    opset: int | None = None          # the ONNX opset (None: graphopt.onnx.DEFAULT_OPSET)
+    static_batch: bool = False
     base: Path = Path(".")
     source: str = "command line"
 
@@ -250,7 +253,9 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
                         params=document.get("params"), data=document.get("data"),
                         samples=document.get("samples", 16), seed=document.get("seed", 0),
                         out=document.get("out"), to=list(to),
-                        latency_runs=document.get("latency_runs", 20), base=base, source=source)
+                        latency_runs=document.get("latency_runs", 20),
+                        opset=document.get("opset"), static_batch=document.get("static_batch", False),
+                        base=base, source=source)
 
 
 def load_pipeline_file(path: str | Path) -> PipelineSpec:
