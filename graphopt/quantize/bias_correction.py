@@ -69,7 +69,8 @@ def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *, num_samples: i
     for layer, (weight_q, bias_q, bias_scale, float_weight) in layers.items():
         shift = mean_output_shift(float_graph.node(layer), means[layer],
                                    weight_q - float_weight)
-        steps = np.rint(shift.astype(np.float64) / bias_scale.astype(np.float64))
+        scale = bias_scale.astype(np.float64)
+        steps = np.where(scale > 0, np.rint(shift / np.where(scale > 0, scale, 1.0)), 0.0)
         corrected = np.clip(qgraph.param(bias_q).astype(np.int64) - steps, INT32.min, INT32.max)
         new_graph.set_param(bias_q, corrected.astype(np.int32))
         report.corrected[layer] = float(np.abs(steps).max(initial=0.0))
