@@ -186,14 +186,22 @@ def load_onnx(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
 
 
 def onnx_session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | None = None,
-                 optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session; ``threads`` sets the intra-op thread count (default: onnxruntime's)."""
+                 optimize: bool = True, config: Mapping[str, str] | None = None,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A CPU session; ``threads`` sets the intra-op thread count (default: onnxruntime's);
+    ``config``: session config entries (``{"session.intra_op.allow_spinning": "0"}``);
+    ``profile_prefix``: onnxruntime's per-node profiling, written by ``end_profiling()``."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
