@@ -233,6 +233,12 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
                               f"letters, digits, '_', '.' and '-'", "name", "step", index)
         options = {k: v for k, v in raw.items() if k not in STEP_COMMON}
         steps.append(Step(kind, options, dict(gate), raw.get("name") or f"{index + 1:02d}-{kind}"))
+    kinds = [step.kind for step in steps]
+    if "quantize" in kinds[:-1]:
+        after = kinds.index("quantize") + 1
+        raise where.error(f"[[step]] #{after + 1} ({kinds[after]}) comes after the quantize step: "
+                          f"quantization is the last step (prune, distill and fold work on float "
+                          f"models)", "kind", "step", after)
     names = [step.name for step in steps]
     if len(set(names)) != len(names):
         raise PipelineError(f"{source}: two steps have the same name: {names}")
