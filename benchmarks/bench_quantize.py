@@ -22,6 +22,7 @@ AMX). Not a test: it asserts nothing about time. Usage::
     .venv/bin/python benchmarks/bench_quantize.py [--models resnet50_v1,lenet_digits]
         [--runs 20] [--samples 32] [--method minmax] [--activations uint8] [--calibration] [--json]
         [--no-equalize] [--no-bias-correction]   # graphopt without its equalization / bias correction
+        [--no-spinning] [--profile]   # onnxruntime's threads block when idle; per-op kernel times
 
 MXNet int8 latency at batch 8 against MXNet float32, and the agreement of the MXNet and ONNX
 int8 models, are measured by ``benchmarks/bench_quantize_mxnet.py`` (see benchmarks/README.md).
@@ -107,21 +108,91 @@ def peer_quantize_static(float_path: Path, target: Path, calibration, method: st
     return time.perf_counter() - started
 
 
-def latencies(paths: dict[str, Path], x, runs: int) -> dict[str, float]:
-    """Median ms per run at batch 1 with 2 threads, the models' runs interleaved."""
+SPINNING_OFF = {"session.intra_op.allow_spinning": "0"}
+
+
+def latencies(paths: dict[str, Path], x, runs: int, spinning: bool = True
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """(median wall ms, process CPU ms) per run at batch 1 with 2 threads, the models' runs
+    interleaved. The CPU time (``time.process_time`` around each run: this process's threads
+    only) is what the run cost on a shared machine, where the wall time also holds the waits
+    for a core; it includes the worker threads' spinning unless ``spinning`` is off."""
     from graphopt.runtime import onnx_session
-    sessions = {key: onnx_session(str(path), threads=2) for key, path in paths.items()}
+    config = None if spinning else SPINNING_OFF
+    sessions = {key: onnx_session(str(path), threads=2, config=config)
+                for key, path in paths.items()}
     feed = {"data": x[:1]}
     for session in sessions.values():
         for _ in range(3):
             session.run(None, feed)
     times: dict[str, list[float]] = {key: [] for key in sessions}
+    cpu: dict[str, float] = {key: 0.0 for key in sessions}
     for _ in range(runs):
         for key, session in sessions.items():
-            started = time.perf_counter()
+            cpu_started, started = time.process_time(), time.perf_counter()
             session.run(None, feed)
             times[key].append(time.perf_counter() - started)
-    return {key: 1000 * statistics.median(values) for key, values in times.items()}
+            cpu[key] += time.process_time() - cpu_started
+    return ({key: 1000 * statistics.median(values) for key, values in times.items()},
+            {key: 1000 * total / runs for key, total in cpu.items()})
+
+
+def kernel_profile(paths: dict[str, Path], x, runs: int, graph) -> dict:
+    """onnxruntime's per-node kernel times (median over ``runs`` interleaved runs, 1 thread so
+    that a node's time is its work), summed per op type for each model; and for graphopt's
+    int8 model the QLinearConv time and GMAC/s per kind of conv (input channels not a multiple
+    of 4, 1x1, depthwise, other), beside float32's Conv GMAC/s over all convs. MACs from
+    ``graphopt.analysis.inspect``; a QLinearConv node is named after the IR conv it fuses."""
+    import json as _json
+    from graphopt.analysis.inspect import inspect_graph
+    from graphopt.runtime import onnx_session
+    sessions = {key: onnx_session(str(path), threads=1, config=SPINNING_OFF,
+                                  profile_prefix=str(path.with_suffix("")) + "-profile")
+                for key, path in paths.items()}
+    feed = {"data": x[:1]}
+    for _ in range(runs):
+        for session in sessions.values():
+            session.run(None, feed)
+    result = {}
+    for key, session in sessions.items():
+        durations: dict[tuple[str, str], list[float]] = {}
+        for event in _json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                node = (event["name"][:-len("_kernel_time")], event["args"]["op_name"])
+                durations.setdefault(node, []).append(event["dur"] / 1000)
+        medians = {node: statistics.median(values[-runs:]) for node, values in durations.items()}
+        by_op: dict[str, float] = {}
+        for (_name, op), ms in medians.items():
+            by_op[op] = by_op.get(op, 0.0) + ms
+        result[key] = {"total_ms": sum(by_op.values()),
+                       "op_ms": dict(sorted(by_op.items(), key=lambda item: -item[1])),
+                       "node_ms": {name: ms for (name, _op), ms in medians.items()}}
+    convs = {layer["name"]: layer for layer in inspect_graph(graph)["layers"]
+             if layer["op"] == "Convolution"}
+    kinds: dict[str, dict] = {}
+    for name, ms in result["graphopt"]["node_ms"].items():
+        layer = convs.get(name.split("__Conv")[0])
+        if layer is None or "__Conv" not in name:
+            continue
+        node = graph.node(layer["name"])
+        weight = graph.params[graph.inputs_of(node.name)[1].node]
+        depthwise = weight.shape[1] == 1 and int(node.attrs.get("num_group", 1)) > 1
+        # MLAS's fast int8 conv (ConvSym) needs input channels per group in multiples of 4
+        kind = ("depthwise" if depthwise else "in-channels % 4 != 0" if weight.shape[1] % 4
+                else "1x1" if weight.shape[2:] in ((1, 1), ()) else "kxk")
+        entry = kinds.setdefault(kind, {"count": 0, "macs": 0, "ms": 0.0})
+        entry["count"] += 1
+        entry["macs"] += layer["macs"]
+        entry["ms"] += ms
+    for entry in kinds.values():
+        entry["gmac_per_s"] = entry["macs"] / entry["ms"] / 1e6
+    float_conv_ms = result["float32"]["op_ms"].get("Conv", 0.0)
+    all_macs = sum(layer["macs"] for layer in convs.values())
+    for model in result.values():
+        del model["node_ms"]
+    result["graphopt_qlinearconv_by_kind"] = kinds
+    result["float32_conv_gmac_per_s"] = all_macs / float_conv_ms / 1e6 if float_conv_ms else None
+    return result
 
 
 def bench_network(name: str, args, folder: Path) -> dict:
@@ -151,14 +222,16 @@ def bench_network(name: str, args, folder: Path) -> dict:
                                         calibration_inputs, args.method)
     outputs = {key: onnx_session(str(path), threads=2).run(None, {"data": heldout})[0]
                for key, path in paths.items()}
-    milliseconds = latencies(paths, heldout, args.runs)
+    milliseconds, cpu_ms = latencies(paths, heldout, args.runs, spinning=args.spinning)
     ours = fusion_report(model)
     peer = fusion_report(onnx.load(str(paths["onnxruntime"])))
-    return {
+    row = {
         "model": name, "method": args.method, "activations": args.activations,
         "equalize": args.equalize, "bias_correction": args.bias_correction,
         "calibration_samples": len(calibration_inputs),
-        "latency_ms": milliseconds,
+        "latency_ms": milliseconds, "cpu_ms_per_run": cpu_ms, "spinning": args.spinning,
+        "cpu_speedup_vs_float32": cpu_ms["float32"] / cpu_ms["graphopt"],
+        "cpu_vs_onnxruntime_int8": cpu_ms["graphopt"] / cpu_ms["onnxruntime"],
         "speedup_vs_float32": milliseconds["float32"] / milliseconds["graphopt"],
         "latency_vs_onnxruntime_int8": milliseconds["graphopt"] / milliseconds["onnxruntime"],
         "onnxruntime_int8_speedup_vs_float32": milliseconds["float32"] / milliseconds["onnxruntime"],
@@ -171,6 +244,9 @@ def bench_network(name: str, args, folder: Path) -> dict:
         "seconds": {"calibrate": calibrate_seconds, "quantize": quantize_seconds,
                     "onnxruntime_quantize_static": peer_seconds},
     }
+    if args.profile:
+        row["profile"] = kernel_profile(paths, heldout, args.runs, source)
+    return row
 
 
 def calibration_cost(name: str, method: str, samples: int) -> dict:
@@ -201,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="graphopt: cross-layer equalization before calibrating")
     parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
                         help="graphopt: bias correction after quantizing")
+    parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=True,
+                        help="onnxruntime's intra-op threads spin while waiting for work (its "
+                             "default); --no-spinning: they block (fairer on a loaded machine)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also onnxruntime's per-op kernel times (1 thread) and graphopt's "
+                             "QLinearConv GMAC/s per kind of conv")
     parser.add_argument("--calibration", action="store_true",
                         help="also time calibration per method on resnet50_v1")
     parser.add_argument("--json", action="store_true")
@@ -216,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             results["networks"].append(row)
             if not args.json:
                 print(_format_row(row), flush=True)
+                if args.profile:
+                    print(_format_profile(row["profile"]), flush=True)
     if args.calibration:
         results["calibration"] = {method: calibration_cost("resnet50_v1", method, args.samples)
                                   for method in ("minmax", "percentile", "entropy", "mse")}
@@ -230,13 +314,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _format_row(row: dict) -> str:
-    ms, sqnr = row["latency_ms"], row["sqnr_db"]
+    ms, sqnr, cpu = row["latency_ms"], row["sqnr_db"], row["cpu_ms_per_run"]
     return (f"{row['model']}: float32 {ms['float32']:.2f} ms, graphopt int8 {ms['graphopt']:.2f} ms "
             f"({row['speedup_vs_float32']:.2f}x faster; goal {SPEEDUP_GOAL}x), onnxruntime int8 "
             f"{ms['onnxruntime']:.2f} ms (graphopt/onnxruntime {row['latency_vs_onnxruntime_int8']:.2f}; "
             f"goal <= {PEER_RATIO_GOAL}); SQNR graphopt {sqnr['graphopt']:.1f} dB, onnxruntime "
             f"{sqnr['onnxruntime']:.1f} dB; int8 groups {row['int8_groups']}, float groups "
-            f"{row['float_groups']}")
+            f"{row['float_groups']}; CPU time per run {cpu['float32']:.1f} / {cpu['graphopt']:.1f} / "
+            f"{cpu['onnxruntime']:.1f} ms ({row['cpu_speedup_vs_float32']:.2f}x faster, "
+            f"graphopt/onnxruntime {row['cpu_vs_onnxruntime_int8']:.2f}; spinning "
+            f"{'on' if row['spinning'] else 'off'})")
+
+
+def _format_profile(profile: dict) -> str:
+    lines = []
+    for key in ("float32", "graphopt", "onnxruntime"):
+        ops = ", ".join(f"{op} {ms:.2f}" for op, ms in list(profile[key]["op_ms"].items())[:5])
+        lines.append(f"  {key} kernels {profile[key]['total_ms']:.2f} ms (1 thread): {ops}")
+    lines.append(f"  float32 Conv {profile['float32_conv_gmac_per_s'] or 0:.0f} GMAC/s; graphopt "
+                 "QLinearConv " + ", ".join(
+                     f"{kind} ({e['count']}) {e['ms']:.2f} ms {e['gmac_per_s']:.0f} GMAC/s"
+                     for kind, e in profile["graphopt_qlinearconv_by_kind"].items()))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
