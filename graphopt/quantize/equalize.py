@@ -5,7 +5,8 @@ Equalization and Bias Correction", section 4.1): ``equalize(graph) -> (graph, re
     graph, report = graphopt.quantize.equalize(graph)       # same float function
     cal = graphopt.quantize.calibrate(graph, data)          # calibrate the equalized graph
 
-For two convolutions in a row, ``conv2(f(conv1(x)))`` with ``f`` the identity or ReLU,
+For two convolutions (or two FullyConnected) in a row, ``conv2(f(conv1(x)))`` with ``f`` the
+identity, ReLU or ReLU then pooling (max, average, sum: all commute with a positive scale),
 dividing output channel i of conv1 (its filter and bias) by s_i > 0 and multiplying input
 channel i of conv2 by s_i changes nothing, because ReLU is positively homogeneous:
 relu(y / s) = relu(y) / s. With s_i = sqrt(r1_i / r2_i), r1_i the largest |weight| of conv1's
@@ -50,17 +51,23 @@ def equalize(graph: Graph) -> tuple[Graph, Report]:
 
 
 @register_guard
-def channels_first(*layers: Ref) -> str | None:
-    """Each Convolution keeps its channels on axis 1 (layout absent, NCW, NCHW or NCDHW)."""
-    for layer in layers:
-        layout = layer.attr("layout")
+def equalizable_pair(first: Ref, second: Ref) -> str | None:
+    """Channel i of ``first``'s output is input channel i of ``second``: two Convolutions with
+    their channels on axis 1 (layout absent, NCW, NCHW or NCDHW), or two FullyConnected (output
+    feature i is column i). A Convolution feeding a FullyConnected is refused: the dense layer
+    reads channel x position (flatten) or the last axis, not the channels."""
+    if first.op != second.op:
+        return f"{first.name} ({first.op}) feeds {second.name} ({second.op}): channels do not line up"
+    for layer in (first, second):
+        layout = layer.attr("layout") if layer.op == "Convolution" else None
         if layout not in (None, "None") and not str(layout).startswith("NC"):
             return f"{layer.name} has layout {layout}: channels are not on axis 1"
     return None
 
 
 def filter_ranges(weight: np.ndarray) -> np.ndarray:
-    """r1: the largest |value| of each filter (axis 0) of a Convolution weight (O, I/g, k...)."""
+    """r1: the largest |value| of each filter (axis 0) of a Convolution weight (O, I/g, k...)
+    or FullyConnected weight (out, in)."""
     return np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
 
 
@@ -88,7 +95,7 @@ def equalized_pair(first: Ref, first_weight: Ref, first_bias: Ref | None, second
     s_i = sqrt(r1_i / r2_i) (1 for a channel either side leaves at zero). Declines when every
     s_i is within :data:`BALANCED` of 1: the pair is balanced (the fixed point)."""
     w1, w2 = first_weight.value, second_weight.value
-    groups = int(second.attr("num_group"))
+    groups = int(second.attr("num_group")) if second.op == "Convolution" else 1
     if w2.shape[1] * groups != w1.shape[0]:
         raise NoRewrite(f"{second.name} reads {w2.shape[1] * groups} channels, "
                         f"{first.name} makes {w1.shape[0]}")
