@@ -112,6 +112,10 @@ def test_a_failing_gate_exits_1_and_leaves_the_earlier_steps(tmp_path, held_out)
     prune = report["steps"][-1]
     assert prune["status"] == "gate failed" and "files" not in prune
     assert not (out / "steps" / "02-prune").exists() and not (out / "model.onnx").exists()
+    # the report's picture is of the folded model: nothing in it is marked pruned
+    assert "pruned" not in report["marks"] and report["marks"]["rewritten"]
+    assert report["files"] == {"report_json": str(out / "report.json"),
+                               "report_html": str(out / "report.html")}
     # the folded model of step 1 is there, whole, and computes what the original does
     x, _ = held_out
     folded = run_mxnet((out / "steps/01-fold/model-symbol.json", out / "steps/01-fold/model-0000.params"),

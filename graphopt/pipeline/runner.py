@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from graphopt.pipeline.data import evaluation_data
+from graphopt.pipeline.data import EvaluationData, evaluation_data
 from graphopt.pipeline.measure import (accuracy, mxnet_latency, mxnet_runner, onnx_latency,
                                        onnx_runner, output_agreement, run_in_batches,
                                        size_figures)
@@ -104,11 +104,13 @@ def gate_text(name: str, verdict: dict) -> str:
 class _Run:
     """One run's state: the records so far and how to measure and write."""
 
-    def __init__(self, spec: PipelineSpec, out: Path, log: Callable[[str], None]):
-        self.spec, self.out, self.log = spec, out, log
+    def __init__(self, spec: PipelineSpec, out: Path, log: Callable[[str], None],
+                 evaluation: EvaluationData):
+        self.spec, self.out, self.log, self.evaluation = spec, out, log, evaluation
         self.records: list[dict[str, Any]] = []
         self.files: dict[str, str] = {}
         self.outputs: dict[str, list] = {}   # record name -> evaluation outputs
+        self.report: dict[str, Any] = {}
 
     def measure(self, name: str, graph, runtime: str, mxnet_graph=None) -> dict:
         import graphopt
@@ -150,8 +152,8 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     symbol, params = resolve_model(spec.path(spec.model), spec.path(spec.params))
     graph = graphopt.load(symbol, params, inputs={i.name: i.shape for i in inputs} or None,
                           dtypes={i.name: i.dtype for i in inputs if i.dtype} or None)
-    run = _Run(spec, out, log)
-    run.evaluation = evaluation_data(graph, spec.path(spec.data), spec.samples, spec.seed)
+    run = _Run(spec, out, log, evaluation_data(graph, spec.path(spec.data), spec.samples,
+                                               spec.seed))
     started = time.perf_counter()
     log(f"loaded {symbol.name}; evaluating on {run.evaluation.source}")
     input_figures = run.measure("input", graph, "mxnet")
@@ -164,8 +166,8 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     last_outcome: StepOutcome | None = None
     for step in spec.steps:
         failure, outcome = _run_step(run, context, step)
-        if outcome is not None:
-            last_outcome = outcome
+        last_outcome = outcome
+        if outcome.graph is context.current:  # the picture shows only what the model went through
             for mark, names in outcome.marks.items():
                 marks.setdefault(mark, set()).update(names)
         if failure is not None:
@@ -178,9 +180,8 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
         export_failure = _export(run, context, last_outcome)
         failure = failure or export_failure
     seconds = round(time.perf_counter() - started, 2)
-    report = _report(spec, run, marks, context, failure, seconds)
-    _write_report(run, report, context, marks)
-    result = PipelineResult(failure is None, out, run.records, run.files, report, failure)
+    _write_report(run, _report(spec, run, marks, failure, seconds), context.current)
+    result = PipelineResult(failure is None, out, run.records, run.files, run.report, failure)
     if failure is not None:
         raise GateError(failure, result)
     return result
@@ -279,7 +280,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _report(spec: PipelineSpec, run: _Run, marks, context: Context, failure: str | None,
+def _report(spec: PipelineSpec, run: _Run, marks: dict[str, set[str]], failure: str | None,
             seconds: float) -> dict:
     import platform
     return {
@@ -294,13 +295,15 @@ def _report(spec: PipelineSpec, run: _Run, marks, context: Context, failure: str
     }
 
 
-def _write_report(run: _Run, report: dict, context: Context, marks) -> None:
+def _write_report(run: _Run, report: dict, graph) -> None:
+    """report.json and report.html (which draws ``graph``, the last model the run kept)."""
     from graphopt._files import atomic_write_bytes
     from graphopt.pipeline.report_html import render_html
-    graph = context.current
-    json_path = atomic_write_bytes(run.out / "report.json",
-                                   json.dumps(report, indent=2, default=str).encode())
-    html_path = atomic_write_bytes(run.out / "report.html", render_html(report, graph).encode())
+    json_path, html_path = run.out / "report.json", run.out / "report.html"
     run.files.update({"report_json": str(json_path), "report_html": str(html_path)})
-    report["files"] = run.files
+    report["files"] = dict(run.files)
+    page = render_html(report, graph)  # both made before either is written
+    atomic_write_bytes(json_path, json.dumps(report, indent=2, default=str).encode())
+    atomic_write_bytes(html_path, page.encode())
+    run.report = report
 
