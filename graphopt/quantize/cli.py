@@ -86,8 +86,7 @@ def cmd_quantize(args) -> int:
     if args.equalize and from_data:
         from graphopt.quantize.equalize import equalize
         graph, equalize_report = equalize(graph)
-        equalized = sum(equalize_report.applied(rule) for rule in
-                        ("equalize_convolutions_through_relu", "equalize_convolutions"))
+        equalized = sum(attempt.outcome == "applied" for attempt in equalize_report.attempts)
     calibration = None if args.dynamic else load_calibration(graph, args.calib, args.method,
                                                              args.num_samples)
     summary: dict = {"model": str(args.model), "method": "dynamic" if args.dynamic else args.method,
