@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import re
 import sys
@@ -241,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     # each compression keeps its own commands beside its code: ``add_commands(commands)`` in
     # graphopt/<room>/cli.py, using _model_arguments/_load from here
     for module in COMMAND_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).add_commands(commands)
+        importlib.import_module(module).add_commands(commands)
     return parser
 
 

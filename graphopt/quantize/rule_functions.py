@@ -124,18 +124,31 @@ def _unsupported_form(layer: Ref) -> str | None:
     return None
 
 
-@register_guard
-def quantize_layer(layer: Ref) -> str | None:
-    """The layer is to run in int8: not excluded, of a form the int8 kernels take, and every
-    tensor it reads or writes was calibrated."""
+_OTHER_MODE = {"static": "dynamic quantization quantizes FullyConnected weights only",
+               "dynamic": "static quantization (dynamic quantization is quantize_dynamic's)"}
+
+
+def _not_asked_for(layer: Ref, mode: str) -> str | None:
+    """Why ``layer`` is not to be quantized in ``mode`` ("static" or "dynamic") whatever its
+    form: no quantization options, the other mode, or the layer excluded."""
     try:
         settings = options()
     except NoRewrite as reason:
         return str(reason)
-    if settings.mode != "static":
-        return "dynamic quantization quantizes FullyConnected weights only"
+    if settings.mode != mode:
+        return _OTHER_MODE[mode]
     if layer.name in settings.excluded:
         return f"{layer.name} is excluded from quantization"
+    return None
+
+
+@register_guard
+def quantize_layer(layer: Ref) -> str | None:
+    """The layer is to run in int8: not excluded, of a form the int8 kernels take, and every
+    tensor it reads or writes was calibrated."""
+    problem = _not_asked_for(layer, "static")
+    if problem:
+        return problem
     problem = _unsupported_form(layer)
     if problem:
         return problem
@@ -307,14 +320,9 @@ def flattens_its_input(layer: Ref, data: Ref) -> str | None:
 def quantize_dynamically(layer: Ref, data: Ref) -> str | None:
     """Dynamic quantization is asked for, the FullyConnected is not excluded and multiplies the
     last axis of a float32 input (``flatten=False``, or a 2-D input)."""
-    try:
-        settings = options()
-    except NoRewrite as reason:
-        return str(reason)
-    if settings.mode != "dynamic":
-        return "static quantization (dynamic quantization is quantize_dynamic's)"
-    if layer.name in settings.excluded:
-        return f"{layer.name} is excluded from quantization"
+    problem = _not_asked_for(layer, "dynamic")
+    if problem:
+        return problem
     if data.dtype != "float32":
         return f"its input is {data.dtype}, not float32"
     if layer.attr("flatten") and (data.shape is None or len(data.shape) != 2):
@@ -339,14 +347,9 @@ def lower_attention(layer: Ref) -> str | None:
     """Static quantization is asked for and the interleaved attention op is to run in int8: it
     is written out as MXNet's own reshapes and ``batch_dot`` (its documented definition), whose
     ONNX form onnxruntime fuses into QLinearMatMul."""
-    try:
-        settings = options()
-    except NoRewrite as reason:
-        return str(reason)
-    if settings.mode != "static":
-        return "dynamic quantization quantizes FullyConnected weights only"
-    if layer.name in settings.excluded:
-        return f"{layer.name} is excluded from quantization"
+    problem = _not_asked_for(layer, "static")
+    if problem:
+        return problem
     graph = layer.graph
     for tensor in [*inputs_in_slot_order(graph, layer.name), layer.tensor]:
         if not _has_qparams(graph, tensor):
