@@ -143,7 +143,6 @@ def kernel_profile(paths: dict[str, Path], x, runs: int, graph) -> dict:
     int8 model the QLinearConv time and GMAC/s per kind of conv (input channels not a multiple
     of 4, 1x1, depthwise, other), beside float32's Conv GMAC/s over all convs. MACs from
     ``graphopt.analysis.inspect``; a QLinearConv node is named after the IR conv it fuses."""
-    import json as _json
     from graphopt.analysis.inspect import inspect_graph
     from graphopt.runtime import onnx_session
     sessions = {key: onnx_session(str(path), threads=1, config=SPINNING_OFF,
@@ -156,7 +155,7 @@ def kernel_profile(paths: dict[str, Path], x, runs: int, graph) -> dict:
     result = {}
     for key, session in sessions.items():
         durations: dict[tuple[str, str], list[float]] = {}
-        for event in _json.loads(Path(session.end_profiling()).read_text()):
+        for event in json.loads(Path(session.end_profiling()).read_text()):
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                 node = (event["name"][:-len("_kernel_time")], event["args"]["op_name"])
                 durations.setdefault(node, []).append(event["dur"] / 1000)
