@@ -67,7 +67,7 @@ def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *, num_samples: i
     means, report.samples = input_means(float_graph, data, layers, batch_size, num_samples)
     new_graph = qgraph.copy()
     for layer, (weight_q, bias_q, bias_scale, float_weight) in layers.items():
-        shift = mean_output_shift(float_graph.node(layer), means[layer],
+        shift = mean_output_shift(_as_written(float_graph.node(layer)), means[layer],
                                    weight_q - float_weight)
         scale = bias_scale.astype(np.float64)
         steps = np.where(scale > 0, np.rint(shift / np.where(scale > 0, scale, 1.0)), 0.0)
@@ -146,9 +146,18 @@ def _dequantized_param(graph: Graph, dequantize: str) -> np.ndarray:
     return dequantize_linear(q, scale, zero_point, node_axis(graph.node(dequantize)))
 
 
+def _as_written(node):
+    """``node`` with ``raw_attrs`` holding its current attributes as MXNet text: the loaded
+    text is stale once a rewrite changed an attribute (a pruned conv's ``num_filter``)."""
+    from dataclasses import replace
+    from graphopt.mxnet_io.symbol_json import format_attrs
+    return replace(node, raw_attrs=format_attrs(node))
+
+
 def mean_output_shift(layer, mean_input: np.ndarray, weight_error: np.ndarray) -> np.ndarray:
     """Per output channel, the mean over positions of ``layer(mean_input, weight_error)``
-    without bias, computed by MXNet's own op with the layer's attributes."""
+    without bias, computed by MXNet's own op with the layer's attributes (``raw_attrs``: as
+    MXNet text; see :func:`_as_written` for a node a rewrite changed)."""
     attrs = {key: value for key, value in layer.raw_attrs.items()
              if key != "no_bias" and not key.startswith("__")}
     operator = getattr(mx.nd, layer.op)
