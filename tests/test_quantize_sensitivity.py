@@ -102,14 +102,18 @@ def test_fallback_keeps_the_outlier_layer_float_and_meets_the_budget(fragile, di
     assert "lenet_conv0_fwd" in result.report.quantized
 
 
-def test_an_unmeetable_budget_ends_with_every_ranked_layer_float(lenet, digits):
+def test_an_unmeetable_budget_tries_every_ranked_layer_float_and_returns_the_best(lenet, digits):
     graph, calibration = lenet
     x = digits[2][:32]
     ranking = sensitivity(graph, calibration, x, layers=["lenet_conv0_fwd", "lenet_conv1_fwd"])
     result = fallback_until(graph, calibration, x, min_sqnr=math.inf, ranking=ranking)
     assert not result.met
-    assert result.excluded == [item.layer for item in ranking]
-    assert len(result.steps) == 3
+    assert len(result.steps) == 3     # none, then one, then both ranked layers in float
+    # the model returned is the best tried, not the last: measured 43.2, 44.1 and 43.5 dB (with
+    # both convs in float the int8 dense layers' rounding no longer partly cancels conv0's), so
+    # here the one with only lenet_conv0 in float
+    best = max(range(3), key=lambda k: result.steps[k].sqnr)
+    assert result.excluded == [item.layer for item in ranking][:best]
 
 
 def test_bad_requests(lenet, digits):

@@ -83,7 +83,8 @@ STEPS = {
                 "lr_schedule": STRING, "batch_size": INTEGER, "seed": INTEGER},
     "quantize": {"calib": STRING, "method": STRING, "activations": STRING,
                  "per_channel": BOOLEAN, "exclude": STRINGS, "exclude_first_last": BOOLEAN,
-                 "num_samples": INTEGER, "max_accuracy_drop": NUMBER, "min_sqnr": NUMBER},
+                 "num_samples": INTEGER, "max_accuracy_drop": NUMBER, "min_sqnr": NUMBER,
+                 "equalize": BOOLEAN, "bias_correction": BOOLEAN},
 }
 STEP_COMMON = {"kind": STRING, "name": STRING, "gate": TABLE}
 CHOICES = {  # string options with a closed set of values: refused here, with their line

@@ -77,27 +77,29 @@ def distill(context: Context, step: Step) -> StepOutcome:
 
 
 def quantize(context: Context, step: Step) -> StepOutcome:
-    """int8 QDQ for onnxruntime (and MXNet's own int8 model when MXNet is an output). With
+    """int8 QDQ for onnxruntime (and MXNet's own int8 model when MXNet is an output), by the
+    recipe of ``graphopt quantize`` (:mod:`graphopt.quantize.recipe`: fold, equalize, calibrate,
+    quantize, correct biases), so both give the same model for the same options. With
     ``max_accuracy_drop`` or ``min_sqnr`` the most sensitive layers fall back to float
     (:func:`graphopt.quantize.fallback_until`) until the budget holds; when it never holds the
     best model tried is kept, and the outcome says the budget was missed."""
-    import graphopt
-    from graphopt.quantize import calibrate, fallback_until, quantize as quantize_graph
+    from graphopt.quantize import fallback_until
+    from graphopt.quantize.recipe import RecipeOptions, prepare, quantize_with
     options = dict(step.options)
-    graph = context.current
-    if any(node.op == "BatchNorm" for node in graph.op_nodes()):
-        graph, _ = graphopt.rewrite(graph)  # int8 kernels want one conv, not conv + BatchNorm
-    source = calibration_data(graph, context.resolve(options.get("calib")), context.evaluation)
-    method, num_samples = options.get("method", "entropy"), options.get("num_samples")
-    if isinstance(source, str) and source.endswith(".json"):  # a table of graphopt calibrate
-        from graphopt.quantize.cli import load_calibration
-        calibration = load_calibration(graph, source, method, num_samples)
-    else:
-        calibration = calibrate(graph, source, method=method, num_samples=num_samples)
-    settings = {"activations": options.get("activations", "uint8"),
-                "per_channel": options.get("per_channel", True)}
-    exclude = list(options.get("exclude", []))
-    if options.get("exclude_first_last"):
+    recipe = RecipeOptions(method=options.get("method", "entropy"),
+                           num_samples=options.get("num_samples"),
+                           activations=options.get("activations", "uint8"),
+                           per_channel=options.get("per_channel", True),
+                           exclude=tuple(options.get("exclude", [])),
+                           exclude_first_last=options.get("exclude_first_last", False),
+                           equalize=options.get("equalize", True),
+                           bias_correction=options.get("bias_correction", True))
+    source = calibration_data(context.current, context.resolve(options.get("calib")),
+                              context.evaluation)
+    prepared = prepare(context.current, source, recipe)
+    graph, calibration = prepared.graph, prepared.calibration
+    exclude = list(recipe.exclude)
+    if recipe.exclude_first_last:
         from graphopt.quantize.qdq import resolve_exclusions
         exclude = sorted(resolve_exclusions(graph, exclude, True))
     budget = None
@@ -109,48 +111,36 @@ def quantize(context: Context, step: Step) -> StepOutcome:
         result = fallback_until(graph, calibration, context.evaluation.inputs,
                                 min_sqnr=options.get("min_sqnr"),
                                 max_accuracy_drop=options.get("max_accuracy_drop"), labels=labels,
-                                exclude=exclude, **settings)
+                                exclude=exclude, activations=recipe.activations,
+                                per_channel=recipe.per_channel,
+                                bias_data=prepared.data if recipe.bias_correction else None)
         order = [item.layer for item in result.ranking]
-        best = _best_step(result.steps, result.met)
-        fallback = order[:best]
-        if fallback == result.excluded:
-            qgraph, report = result.graph, result.report
-        else:  # fallback_until returns the last model tried; the best one is rebuilt
-            qgraph, report = quantize_graph(graph, calibration, exclude=fallback + exclude,
-                                            **settings)
+        qgraph, report, bias_report = result.graph, result.report, result.bias_correction
         budget = {"max_accuracy_drop": options.get("max_accuracy_drop"),
                   "min_sqnr": options.get("min_sqnr"), "met": result.met,
-                  "float_fallback": fallback, "tried": len(result.steps),
+                  "float_fallback": list(result.excluded), "tried": len(result.steps),
                   "steps": [_step_dict(error, order[:k]) for k, error in enumerate(result.steps)],
                   "sensitivity": [item.as_dict() for item in result.ranking]}
-        exclude = fallback + exclude
+        exclude = list(result.excluded) + exclude
     else:
-        qgraph, report = quantize_graph(graph, calibration, exclude=exclude, **settings)
+        quantized = quantize_with(prepared, recipe)
+        qgraph, report, bias_report = quantized.graph, quantized.report, quantized.bias_correction
     mxnet_graph = None
     if "mxnet" in context.outputs:
         from graphopt.quantize import to_mxnet_int8
         mxnet_graph, _ = to_mxnet_int8(graph, calibration, exclude=exclude,
-                                       granularity="channel-wise" if settings["per_channel"]
+                                       granularity="channel-wise" if recipe.per_channel
                                        else "tensor-wise")
     details = report.to_dict()
-    details["calibration"] = {"method": method,
+    details["calibration"] = {"method": recipe.method,
                               "data": options.get("calib") or context.evaluation.source}
+    details["equalize_rewrites"] = prepared.equalize_rewrites
+    if bias_report is not None:
+        details["bias_correction"] = bias_report.to_dict()
     marks = {"quantized": list(report.quantized),
              "float fallback": list(budget["float_fallback"]) if budget else []}
     return StepOutcome(qgraph, "onnxruntime", details, marks=marks, quantized=True, budget=budget,
                        mxnet_graph=mxnet_graph)
-
-
-def _best_step(steps, met: bool) -> int:
-    """The number of layers in float of the best model tried: the last one if the budget was
-    met (the first that meets it), else the most accurate (then the highest SQNR, then the
-    fewest layers in float)."""
-    if met:
-        return len(steps) - 1
-    def score(k):
-        error = steps[k]
-        return (error.accuracy if error.accuracy is not None else -1.0, error.sqnr, -k)
-    return max(range(len(steps)), key=score)
 
 
 def _step_dict(error, fallback: list[str]) -> dict:

@@ -58,13 +58,14 @@ def add_commands(commands) -> None:
     p.set_defaults(run=cmd_quantize)
 
 
-def load_calibration(graph, source: str, method: str, num_samples: int | None):
-    """A calibration table read from ``source`` (``.json``) or computed over it."""
-    from graphopt.quantize.calibrate import Calibration, calibrate
-    if source.endswith(".json"):
-        table = Calibration.load(source)
-        return table if table.method == method else table.with_method(method)
-    return calibrate(graph, source, method=method, num_samples=num_samples)
+def recipe_options(args):
+    """The recipe's options (:mod:`graphopt.quantize.recipe`) from the command line."""
+    from graphopt.quantize.recipe import RecipeOptions
+    return RecipeOptions(method=args.method, num_samples=args.num_samples,
+                         activations=args.activations, per_channel=args.per_channel,
+                         exclude=tuple(args.exclude), exclude_first_last=args.exclude_first_last,
+                         reduce_range=args.reduce_range, fold=not args.no_fold,
+                         equalize=args.equalize, bias_correction=args.bias_correction)
 
 
 def cmd_quantize(args) -> int:
@@ -78,28 +79,26 @@ def cmd_quantize(args) -> int:
         raise GraphoptError("--calib DATA is needed (or --dynamic, which calibrates nothing)")
     if args.dynamic and args.to != "onnx":
         raise GraphoptError("--dynamic writes ONNX only (MXNet's int8 ops are calibrated)")
+    from graphopt.quantize.recipe import prepare
+    options = recipe_options(args)
     graph = _load(args)
-    if not args.no_fold:
-        graph, _ = graphopt.rewrite(graph)
-    from_data = not args.dynamic and not str(args.calib).endswith(".json")
-    equalized = None
-    if args.equalize and from_data:
-        from graphopt.quantize.equalize import equalize
-        graph, equalize_report = equalize(graph)
-        equalized = sum(attempt.outcome == "applied" for attempt in equalize_report.attempts)
-    calibration = None if args.dynamic else load_calibration(graph, args.calib, args.method,
-                                                             args.num_samples)
+    if args.dynamic:
+        graph = graphopt.rewrite(graph)[0] if options.fold else graph
+        prepared = None
+    else:
+        prepared = prepare(graph, args.calib, options)
+        graph = prepared.graph
     summary: dict = {"model": str(args.model), "method": "dynamic" if args.dynamic else args.method,
-                     "to": args.to,
-                     "output": args.output, "equalize_rewrites": equalized}
+                     "to": args.to, "output": args.output,
+                     "equalize_rewrites": prepared.equalize_rewrites if prepared else None}
     if args.to == "onnx":
-        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(
-            graph, calibration, args, bias_data=args.calib if from_data else None)
+        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(graph, prepared, args)
         write = lambda: graphopt.onnx.emit.save(model, args.output)  # noqa: E731
     else:
         from graphopt.quantize.mxnet_int8 import to_mxnet_int8
         qgraph, int8_report = to_mxnet_int8(
-            graph, calibration, exclude=args.exclude, exclude_first_last=args.exclude_first_last,
+            graph, prepared.calibration, exclude=args.exclude,
+            exclude_first_last=args.exclude_first_last,
             granularity="channel-wise" if args.per_channel else "tensor-wise")
         summary["mxnet_int8"] = {"int8": [layer.node for layer in int8_report.int8],
                                  "float": {layer.node: layer.reason for layer in int8_report.float}}
@@ -115,31 +114,23 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def quantize_to_onnx(graph, calibration, args, bias_data=None):
-    """The QDQ model (not written yet), the quantization report and the fusion report;
-    with ``bias_data`` (the calibration data) and ``args.bias_correction``, bias-corrected."""
+def quantize_to_onnx(graph, prepared, args):
+    """The QDQ model (not written yet), the quantization report and the fusion report.
+    ``prepared``: the recipe's :class:`~graphopt.quantize.recipe.Prepared` (None: dynamic
+    quantization of ``graph``), quantized with :func:`~graphopt.quantize.recipe.quantize_with`."""
     import graphopt
     from graphopt.quantize.fusion import fusion_report
-    from graphopt.quantize.qdq import quantize, quantize_dynamic
-    bias_report = None
-    if calibration is None:
+    if prepared is None:
+        from graphopt.quantize.qdq import quantize_dynamic
         qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude,
                                           reduce_range=args.reduce_range)
+        summary = report.to_dict()
     else:
-        qgraph, report = quantize(graph, calibration, activations=args.activations,
-                                  per_channel=args.per_channel, exclude=args.exclude,
-                                  exclude_first_last=args.exclude_first_last,
-                                  reduce_range=args.reduce_range)
-        if bias_data is not None and getattr(args, "bias_correction", False):
-            from graphopt.quantize.bias_correction import correct_bias
-            qgraph, bias_report = correct_bias(qgraph, graph, bias_data,
-                                               num_samples=args.num_samples)
+        from graphopt.quantize.recipe import quantize_with
+        quantized = quantize_with(prepared, recipe_options(args))
+        qgraph, summary = quantized.graph, quantized.to_dict()
     model = graphopt.to_onnx(qgraph, opset=args.opset, dynamic_batch=not args.static_batch)
-    fusion = fusion_report(model)
-    summary = report.to_dict()
-    if bias_report is not None:
-        summary["bias_correction"] = bias_report.to_dict()
-    return model, summary, fusion.to_dict()
+    return model, summary, fusion_report(model).to_dict()
 
 
 def _format(summary: dict) -> str:
@@ -163,4 +154,4 @@ def _format(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["add_commands", "cmd_quantize", "load_calibration", "quantize_to_onnx"]
+__all__ = ["add_commands", "cmd_quantize", "quantize_to_onnx", "recipe_options"]

@@ -37,7 +37,8 @@ from graphopt._progress import progress
 from graphopt.compare import relative_error
 from graphopt.errors import DataError
 from graphopt.ir.graph import Graph
-from graphopt.quantize.qdq import quantize, resolve_exclusions
+from graphopt.quantize.qdq import resolve_exclusions
+from graphopt.quantize.recipe import Prepared, Quantized, RecipeOptions, quantize_with
 from graphopt.quantize.rule_functions import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 RUNTIMES = ("onnxruntime", "mxnet")
@@ -123,17 +124,22 @@ def _inputs(graph: Graph, data) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _quantizer(emit: str, activations: str, per_channel: bool
-               ) -> Callable[[Graph, Any, list[str]], tuple[Graph, Any]]:
-    """``(graph, calibration, exclude) -> (quantized graph, report)`` for the emitter ``emit``."""
+def _quantizer(emit: str, activations: str, per_channel: bool, bias_data: Any = None,
+               reduce_range: bool | None = None) -> Callable[[Graph, Any, list[str]], Quantized]:
+    """``(graph, calibration, exclude) -> Quantized`` for the emitter ``emit``: for ``"qdq"``
+    the recipe's :func:`~graphopt.quantize.recipe.quantize_with` (biases corrected on
+    ``bias_data`` when given, as ``graphopt quantize`` does), for ``"mxnet"`` MXNet's int8 model
+    (its Int8Report as the report)."""
     if emit == "qdq":
-        return lambda graph, calibration, exclude: quantize(
-            graph, calibration, exclude=exclude, activations=activations, per_channel=per_channel)
+        options = RecipeOptions(activations=activations, per_channel=per_channel,
+                                reduce_range=reduce_range, bias_correction=bias_data is not None)
+        return lambda graph, calibration, exclude: quantize_with(
+            Prepared(graph, calibration, bias_data), options.excluding(exclude))
     if emit == "mxnet":
         from graphopt.quantize.mxnet_int8 import to_mxnet_int8
-        return lambda graph, calibration, exclude: to_mxnet_int8(
+        return lambda graph, calibration, exclude: Quantized(*to_mxnet_int8(
             graph, calibration, exclude=exclude,
-            granularity="channel-wise" if per_channel else "tensor-wise")
+            granularity="channel-wise" if per_channel else "tensor-wise"))
     raise ValueError(f"emit must be one of {EMITTERS}, not {emit!r}")
 
 
@@ -149,7 +155,7 @@ def quantizable_layers(graph: Graph, calibration, *, exclude: Iterable[str] = ()
     layer fused into a conv's oneDNN node (its add, its pooling never: pooling is its own node)
     is not a candidate of its own: it is int8 exactly when its conv is."""
     excluded = sorted(resolve_exclusions(graph, exclude, False))
-    _, report = _quantizer(emit, activations, per_channel)(graph, calibration, excluded)
+    report = _quantizer(emit, activations, per_channel)(graph, calibration, excluded).report
     if emit == "qdq":
         return list(report.quantized)
     weighted_nodes = {layer.mxnet_node for layer in report.int8 if layer.op in WEIGHTED_OPS}
@@ -159,7 +165,8 @@ def quantizable_layers(graph: Graph, calibration, *, exclude: Iterable[str] = ()
 
 def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None = None,
                 exclude: Iterable[str] = (), runtime: str = "onnxruntime", emit: str = "qdq",
-                activations: str = "uint8", per_channel: bool = True) -> list[LayerSensitivity]:
+                activations: str = "uint8", per_channel: bool = True, bias_data: Any = None,
+                reduce_range: bool | None = None) -> list[LayerSensitivity]:
     """One :class:`LayerSensitivity` per layer, the most sensitive (lowest SQNR) first.
 
     ``data``: an array for a single-input graph, or ``{input name: array}``; a few batches'
@@ -167,11 +174,13 @@ def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None
     layers to measure (default: :func:`quantizable_layers`, but ``exclude``). ``emit``:
     ``"qdq"`` (:func:`graphopt.quantize.quantize`, run in ``runtime``) or ``"mxnet"``
     (:func:`graphopt.quantize.to_mxnet_int8`, run in MXNet). ``activations``/``per_channel``
-    as :func:`quantize`. One quantized run per layer.
+    as :func:`quantize`. ``bias_data``: the calibration data, to correct the biases of every
+    model measured as ``graphopt quantize`` does (:mod:`graphopt.quantize.recipe`; QDQ only).
+    One quantized run per layer.
     """
     inputs = _inputs(graph, data)
     run = _Runner(inputs, _runtime_for(emit, runtime))
-    quantizer = _quantizer(emit, activations, per_channel)
+    quantizer = _quantizer(emit, activations, per_channel, bias_data, reduce_range)
     candidates = quantizable_layers(graph, calibration, exclude=exclude, emit=emit,
                                     activations=activations, per_channel=per_channel)
     chosen = candidates if layers is None else list(layers)
@@ -183,8 +192,7 @@ def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None
     results = []
     for layer in progress(chosen, desc="sensitivity", unit="layer"):
         others = [name for name in candidates if name != layer] + list(exclude)
-        qgraph, _ = quantizer(graph, calibration, others)
-        error = output_error(reference, run(qgraph))
+        error = output_error(reference, run(quantizer(graph, calibration, others).graph))
         results.append(LayerSensitivity(layer, graph.node(layer).op, error.sqnr,
                                         error.relative_error, error.top1_agreement))
     results.sort(key=lambda item: (item.sqnr, -item.relative_error))
@@ -204,20 +212,40 @@ def format_sensitivity(ranking: Sequence[LayerSensitivity]) -> str:
 
 @dataclass
 class FallbackResult:
-    """The quantized graph that met the budget (or the last tried), the layers kept in float (most
-    sensitive first), and every step's measured error (``steps[k]``: with ``k`` layers in float)."""
+    """The best quantized graph tried (:func:`best_step`: the first that met the budget, else
+    the most accurate), the layers it keeps in float (most sensitive first), and every step's
+    measured error (``steps[k]``: with the first ``k`` ranked layers in float)."""
     graph: Graph
     report: Any             # QuantizeReport (emit "qdq") or Int8Report (emit "mxnet")
     excluded: list[str]
     met: bool
     steps: list[OutputError] = field(default_factory=list)
     ranking: list[LayerSensitivity] = field(default_factory=list)
+    bias_correction: Any = None   # the BiasCorrectionReport of ``graph``, if biases were corrected
+
+    @property
+    def best(self) -> int:
+        """The index in ``steps`` of the model returned (= the number of layers it keeps float
+        beyond ``exclude``)."""
+        return len(self.excluded)
+
+
+def best_step(steps: Sequence[OutputError], met: bool) -> int:
+    """The index of the best model tried: the last one if the budget was met (the first that
+    meets it), else the most accurate, then the highest SQNR, then the fewest layers in float."""
+    if met:
+        return len(steps) - 1
+    def score(k):
+        error = steps[k]
+        return (error.accuracy if error.accuracy is not None else -1.0, error.sqnr, -k)
+    return max(range(len(steps)), key=score)
 
 
 def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = None,
                    max_accuracy_drop: float | None = None, labels: np.ndarray | None = None,
                    exclude: Iterable[str] = (), runtime: str = "onnxruntime", emit: str = "qdq",
-                   activations: str = "uint8", per_channel: bool = True,
+                   activations: str = "uint8", per_channel: bool = True, bias_data: Any = None,
+                   reduce_range: bool | None = None,
                    ranking: Sequence[LayerSensitivity] | None = None) -> FallbackResult:
     """Quantize everything, then keep the most sensitive layers in float one at a time (in the
     order of :func:`sensitivity`) until the budget holds: the outputs' SQNR against float
@@ -225,6 +253,8 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
     (a fraction: 0.005 is half a point) below float's. ``met`` is False if even the last
     step (every ranked layer in float) misses it. ``ranking`` reuses a computed sensitivity.
     ``emit="mxnet"`` measures (and returns) MXNet's int8 model, with its Int8Report.
+    ``bias_data``: as :func:`sensitivity`. The model returned is the best tried
+    (:func:`best_step`), kept as it was measured: not rebuilt.
     """
     if min_sqnr is None and max_accuracy_drop is None:
         raise ValueError("give a budget: min_sqnr and/or max_accuracy_drop")
@@ -232,10 +262,11 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
         raise ValueError("max_accuracy_drop needs the labels of the data")
     inputs = _inputs(graph, data)
     run = _Runner(inputs, _runtime_for(emit, runtime))
-    quantizer = _quantizer(emit, activations, per_channel)
+    quantizer = _quantizer(emit, activations, per_channel, bias_data, reduce_range)
     if ranking is None:
         ranking = sensitivity(graph, calibration, inputs, exclude=exclude, runtime=runtime,
-                              emit=emit, activations=activations, per_channel=per_channel)
+                              emit=emit, activations=activations, per_channel=per_channel,
+                              bias_data=bias_data, reduce_range=reduce_range)
     reference = run(graph)
     float_accuracy = None
     if labels is not None:
@@ -246,13 +277,19 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
                 (max_accuracy_drop is None or error.accuracy is None or float_accuracy is None
                  or error.accuracy >= float_accuracy - max_accuracy_drop - 1e-12))
 
-    excluded: list[str] = []
     steps: list[OutputError] = []
     order = [item.layer for item in ranking]
-    while True:
-        qgraph, report = quantizer(graph, calibration, excluded + list(exclude))
-        error = output_error(reference, run(qgraph), None if labels is None else np.asarray(labels))
+    best: Quantized | None = None
+    for k in range(len(order) + 1):
+        quantized = quantizer(graph, calibration, order[:k] + list(exclude))
+        error = output_error(reference, run(quantized.graph),
+                             None if labels is None else np.asarray(labels))
         steps.append(error)
-        if holds(error) or len(excluded) == len(order):
-            return FallbackResult(qgraph, report, list(excluded), holds(error), steps, list(ranking))
-        excluded.append(order[len(excluded)])
+        met = holds(error)
+        if best_step(steps, met) == k:
+            best = quantized
+        if met:
+            break
+    chosen = best_step(steps, met)
+    return FallbackResult(best.graph, best.report, order[:chosen], met, steps, list(ranking),
+                          best.bias_correction)
