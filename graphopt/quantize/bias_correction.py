@@ -56,15 +56,21 @@ class BiasCorrectionReport:
 
 
 def correct_bias(qgraph: Graph, float_graph: Graph, data: Any, *, num_samples: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Graph, BiasCorrectionReport]:
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 means: tuple[dict[str, np.ndarray], int] | None = None
+                 ) -> tuple[Graph, BiasCorrectionReport]:
     """A copy of ``qgraph`` (made by :func:`graphopt.quantize.quantize` from ``float_graph``)
     whose int8 layers' int32 biases no longer carry the mean error of their rounded weights on
     ``data`` (the calibration data, in any form :func:`graphopt.quantize.calibrate` takes; at
     most ``num_samples`` of it). ``float_graph`` gives the float weights and is run once over
-    the data; neither graph is changed."""
+    the data; neither graph is changed. ``means``: :func:`input_means` of ``float_graph`` over
+    ``data`` for (at least) these layers, when the caller corrects many models of one float graph
+    (the float fallback's steps) and runs it once."""
     report = BiasCorrectionReport()
     layers = _quantized_layers(qgraph, float_graph, report)
-    means, report.samples = input_means(float_graph, data, layers, batch_size, num_samples)
+    if means is None or not set(layers) <= set(means[0]):
+        means = input_means(float_graph, data, layers, batch_size, num_samples)
+    means, report.samples = means
     new_graph = qgraph.copy()
     for layer, (weight_q, bias_q, bias_scale, float_weight) in layers.items():
         shift = mean_output_shift(_as_written(float_graph.node(layer)), means[layer],

@@ -20,7 +20,7 @@ with: with a table both steps are skipped (``Prepared.data`` is None).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from graphopt.ir.graph import Graph
@@ -54,6 +54,19 @@ class Prepared:
     calibration: Any
     data: Any
     equalize_rewrites: int | None = None     # conv pairs equalized (None: not run)
+    # num_samples -> input_means of every weighted layer: the float graph is run over the data
+    # once, however many models are bias-corrected (sensitivity, the fallback's steps)
+    _input_means: dict = field(default_factory=dict, repr=False)
+
+    def input_means(self, num_samples: int | None):
+        """:func:`graphopt.quantize.bias_correction.input_means` of every weighted layer."""
+        if num_samples not in self._input_means:
+            from graphopt.quantize.bias_correction import input_means
+            from graphopt.quantize.rule_functions import WEIGHTED_OPS
+            layers = [node.name for node in self.graph.op_nodes() if node.op in WEIGHTED_OPS]
+            self._input_means[num_samples] = input_means(self.graph, self.data, layers,
+                                                         num_samples=num_samples)
+        return self._input_means[num_samples]
 
 
 @dataclass
@@ -115,7 +128,8 @@ def quantize_with(prepared: Prepared, options: RecipeOptions = RecipeOptions()) 
     if options.bias_correction and prepared.data is not None:
         from graphopt.quantize.bias_correction import correct_bias
         qgraph, bias_report = correct_bias(qgraph, prepared.graph, prepared.data,
-                                           num_samples=options.num_samples)
+                                           num_samples=options.num_samples,
+                                           means=prepared.input_means(options.num_samples))
     return Quantized(qgraph, report, bias_report)
 
 

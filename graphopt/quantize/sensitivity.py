@@ -124,21 +124,22 @@ def _inputs(graph: Graph, data) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _quantizer(emit: str, activations: str, per_channel: bool, bias_data: Any = None,
-               reduce_range: bool | None = None) -> Callable[[Graph, Any, list[str]], Quantized]:
-    """``(graph, calibration, exclude) -> Quantized`` for the emitter ``emit``: for ``"qdq"``
-    the recipe's :func:`~graphopt.quantize.recipe.quantize_with` (biases corrected on
-    ``bias_data`` when given, as ``graphopt quantize`` does), for ``"mxnet"`` MXNet's int8 model
-    (its Int8Report as the report)."""
+def _quantizer(emit: str, graph: Graph, calibration, activations: str, per_channel: bool,
+               bias_data: Any = None, reduce_range: bool | None = None
+               ) -> Callable[[Iterable[str]], Quantized]:
+    """``exclude -> Quantized``: ``graph`` quantized by the emitter ``emit``, but ``exclude``.
+    For ``"qdq"`` the recipe's :func:`~graphopt.quantize.recipe.quantize_with` (biases corrected
+    on ``bias_data`` when given, as ``graphopt quantize`` does; the float graph run over it once),
+    for ``"mxnet"`` MXNet's int8 model (its Int8Report as the report)."""
     if emit == "qdq":
+        prepared = Prepared(graph, calibration, bias_data)
         options = RecipeOptions(activations=activations, per_channel=per_channel,
                                 reduce_range=reduce_range, bias_correction=bias_data is not None)
-        return lambda graph, calibration, exclude: quantize_with(
-            Prepared(graph, calibration, bias_data), options.excluding(exclude))
+        return lambda exclude: quantize_with(prepared, options.excluding(exclude))
     if emit == "mxnet":
         from graphopt.quantize.mxnet_int8 import to_mxnet_int8
-        return lambda graph, calibration, exclude: Quantized(*to_mxnet_int8(
-            graph, calibration, exclude=exclude,
+        return lambda exclude: Quantized(*to_mxnet_int8(
+            graph, calibration, exclude=list(exclude),
             granularity="channel-wise" if per_channel else "tensor-wise"))
     raise ValueError(f"emit must be one of {EMITTERS}, not {emit!r}")
 
@@ -155,7 +156,7 @@ def quantizable_layers(graph: Graph, calibration, *, exclude: Iterable[str] = ()
     layer fused into a conv's oneDNN node (its add, its pooling never: pooling is its own node)
     is not a candidate of its own: it is int8 exactly when its conv is."""
     excluded = sorted(resolve_exclusions(graph, exclude, False))
-    report = _quantizer(emit, activations, per_channel)(graph, calibration, excluded).report
+    report = _quantizer(emit, graph, calibration, activations, per_channel)(excluded).report
     if emit == "qdq":
         return list(report.quantized)
     weighted_nodes = {layer.mxnet_node for layer in report.int8 if layer.op in WEIGHTED_OPS}
@@ -180,7 +181,8 @@ def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None
     """
     inputs = _inputs(graph, data)
     run = _Runner(inputs, _runtime_for(emit, runtime))
-    quantizer = _quantizer(emit, activations, per_channel, bias_data, reduce_range)
+    quantizer = _quantizer(emit, graph, calibration, activations, per_channel, bias_data,
+                           reduce_range)
     candidates = quantizable_layers(graph, calibration, exclude=exclude, emit=emit,
                                     activations=activations, per_channel=per_channel)
     chosen = candidates if layers is None else list(layers)
@@ -192,7 +194,7 @@ def sensitivity(graph: Graph, calibration, data, *, layers: Iterable[str] | None
     results = []
     for layer in progress(chosen, desc="sensitivity", unit="layer"):
         others = [name for name in candidates if name != layer] + list(exclude)
-        error = output_error(reference, run(quantizer(graph, calibration, others).graph))
+        error = output_error(reference, run(quantizer(others).graph))
         results.append(LayerSensitivity(layer, graph.node(layer).op, error.sqnr,
                                         error.relative_error, error.top1_agreement))
     results.sort(key=lambda item: (item.sqnr, -item.relative_error))
@@ -262,7 +264,8 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
         raise ValueError("max_accuracy_drop needs the labels of the data")
     inputs = _inputs(graph, data)
     run = _Runner(inputs, _runtime_for(emit, runtime))
-    quantizer = _quantizer(emit, activations, per_channel, bias_data, reduce_range)
+    quantizer = _quantizer(emit, graph, calibration, activations, per_channel, bias_data,
+                           reduce_range)
     if ranking is None:
         ranking = sensitivity(graph, calibration, inputs, exclude=exclude, runtime=runtime,
                               emit=emit, activations=activations, per_channel=per_channel,
@@ -281,7 +284,7 @@ def fallback_until(graph: Graph, calibration, data, *, min_sqnr: float | None = 
     order = [item.layer for item in ranking]
     best: Quantized | None = None
     for k in range(len(order) + 1):
-        quantized = quantizer(graph, calibration, order[:k] + list(exclude))
+        quantized = quantizer(order[:k] + list(exclude))
         error = output_error(reference, run(quantized.graph),
                              None if labels is None else np.asarray(labels))
         steps.append(error)
