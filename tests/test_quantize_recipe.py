@@ -69,21 +69,31 @@ def test_the_pipeline_step_and_graphopt_quantize_write_the_same_model(graph, cal
                for name, value in from_cli.items())
 
 
+@pytest.mark.parametrize("form", ["pipeline file", "optimize flags"])
 def test_pipeline_options_turn_equalization_and_bias_correction_off(graph, calibration_npz,
-                                                                   tmp_path):
-    spec = tmp_path / "pipeline.toml"
-    spec.write_text(f'model = "{LENET}"\ninputs = ["data:1x1x28x28"]\nto = ["onnx"]\n'
-                    f'data = "digits"\n'
-                    f'[[step]]\nkind = "quantize"\ncalib = "{calibration_npz}"\n'
-                    f'equalize = false\nbias_correction = false\n')
+                                                                   tmp_path, form):
     out = tmp_path / "out"
-    assert main(["--quiet", "run", str(spec), "--out", str(out)]) == 0
+    if form == "pipeline file":
+        spec = tmp_path / "pipeline.toml"
+        spec.write_text(f'model = "{LENET}"\ninputs = ["data:1x1x28x28"]\nto = ["onnx"]\n'
+                        f'data = "digits"\n'
+                        f'[[step]]\nkind = "quantize"\ncalib = "{calibration_npz}"\n'
+                        f'equalize = false\nbias_correction = false\n')
+        assert main(["--quiet", "run", str(spec), "--out", str(out)]) == 0
+    else:
+        assert main(["--quiet", "optimize", LENET, *DIGITS_INPUT, "--quantize", "int8",
+                     "--calib", calibration_npz, "--no-equalize", "--no-bias-correction",
+                     "--data", "digits", "--to", "onnx", "--out", str(out)]) == 0
     options = RecipeOptions(equalize=False, bias_correction=False)
     expected = graphopt.to_onnx(quantize_with(prepare(graph, calibration_npz, options),
                                               options).graph)
     written = initializers(out / "model.onnx")
     for tensor in expected.graph.initializer:
         np.testing.assert_array_equal(numpy_helper.to_array(tensor), written[tensor.name])
+    # and the options mattered: the default recipe's model is another one
+    default = graphopt.to_onnx(quantize_with(prepare(graph, calibration_npz)).graph)
+    assert any(not np.array_equal(numpy_helper.to_array(tensor), written[tensor.name])
+               for tensor in default.graph.initializer)
 
 
 def test_a_missed_budget_returns_the_best_model_tried(graph, digits):

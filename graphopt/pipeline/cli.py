@@ -15,6 +15,7 @@ pipeline file, a missing model, unusable data).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tomllib
@@ -51,6 +52,12 @@ def add_pipeline_arguments(p) -> None:
     group.add_argument("--quantize", choices=["int8"], help="step: int8 post-training quantization")
     group.add_argument("--calib", metavar="DATA", help="calibration data ('digits' or .npz; "
                        "default: the evaluation data)")
+    group.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                       help="quantize: cross-layer equalization before calibrating (default: on, "
+                            "as graphopt quantize)")
+    group.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                       help="quantize: fold the rounded weights' mean error into the int32 biases "
+                            "(default: on, as graphopt quantize)")
     group.add_argument("--max-accuracy-drop", type=float, metavar="D",
                        help="quantization budget: the most sensitive layers fall back to float "
                             "until the accuracy drop is at most D (0.01 = one point; needs labels)")
@@ -123,13 +130,15 @@ def spec_from_args(args):
         steps.append(_prune_step(args.prune))
     if args.distill:
         steps.append(_distill_step(args.distill))
-    if args.quantize or args.calib or args.max_accuracy_drop is not None or args.min_sqnr is not None:
+    quantize_options = (("calib", args.calib), ("max_accuracy_drop", args.max_accuracy_drop),
+                        ("min_sqnr", args.min_sqnr), ("equalize", args.equalize),
+                        ("bias_correction", args.bias_correction))
+    if args.quantize or any(value is not None for _, value in quantize_options):
         if not args.quantize:
-            raise PipelineError("--calib, --max-accuracy-drop and --min-sqnr belong to "
-                                "--quantize int8")
+            raise PipelineError("--calib, --max-accuracy-drop, --min-sqnr, --[no-]equalize and "
+                                "--[no-]bias-correction belong to --quantize int8")
         step = {"kind": "quantize"}
-        for key, value in (("calib", args.calib), ("max_accuracy_drop", args.max_accuracy_drop),
-                           ("min_sqnr", args.min_sqnr)):
+        for key, value in quantize_options:
             if value is not None:
                 step[key] = value
         steps.append(step)
