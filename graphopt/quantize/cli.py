@@ -81,23 +81,17 @@ def cmd_quantize(args) -> int:
         raise GraphoptError("--dynamic writes ONNX only (MXNet's int8 ops are calibrated)")
     from graphopt.quantize.recipe import prepare
     options = recipe_options(args)
-    graph = _load(args)
-    if args.dynamic:
-        graph = graphopt.rewrite(graph)[0] if options.fold else graph
-        prepared = None
-    else:
-        prepared = prepare(graph, args.calib, options)
-        graph = prepared.graph
+    prepared = prepare(_load(args), None if args.dynamic else args.calib, options)
     summary: dict = {"model": str(args.model), "method": "dynamic" if args.dynamic else args.method,
                      "to": args.to, "output": args.output,
-                     "equalize_rewrites": prepared.equalize_rewrites if prepared else None}
+                     "equalize_rewrites": prepared.equalize_rewrites}
     if args.to == "onnx":
-        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(graph, prepared, args)
+        model, summary["quantize"], summary["fusion"] = quantize_to_onnx(prepared, args)
         write = lambda: graphopt.onnx.emit.save(model, args.output)  # noqa: E731
     else:
         from graphopt.quantize.mxnet_int8 import to_mxnet_int8
         qgraph, int8_report = to_mxnet_int8(
-            graph, prepared.calibration, exclude=args.exclude,
+            prepared.graph, prepared.calibration, exclude=args.exclude,
             exclude_first_last=args.exclude_first_last,
             granularity="channel-wise" if args.per_channel else "tensor-wise")
         summary["mxnet_int8"] = {"int8": [layer.node for layer in int8_report.int8],
@@ -114,23 +108,16 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def quantize_to_onnx(graph, prepared, args):
-    """The QDQ model (not written yet), the quantization report and the fusion report.
-    ``prepared``: the recipe's :class:`~graphopt.quantize.recipe.Prepared` (None: dynamic
-    quantization of ``graph``), quantized with :func:`~graphopt.quantize.recipe.quantize_with`."""
+def quantize_to_onnx(prepared, args):
+    """The QDQ model (not written yet), the quantization report and the fusion report of the
+    recipe's :class:`~graphopt.quantize.recipe.Prepared` model, quantized by
+    :func:`~graphopt.quantize.recipe.quantize_with` with the command line's options."""
     import graphopt
     from graphopt.quantize.fusion import fusion_report
-    if prepared is None:
-        from graphopt.quantize.qdq import quantize_dynamic
-        qgraph, report = quantize_dynamic(graph, per_channel=args.per_channel, exclude=args.exclude,
-                                          reduce_range=args.reduce_range)
-        summary = report.to_dict()
-    else:
-        from graphopt.quantize.recipe import quantize_with
-        quantized = quantize_with(prepared, recipe_options(args))
-        qgraph, summary = quantized.graph, quantized.to_dict()
-    model = graphopt.to_onnx(qgraph, opset=args.opset, dynamic_batch=not args.static_batch)
-    return model, summary, fusion_report(model).to_dict()
+    from graphopt.quantize.recipe import quantize_with
+    quantized = quantize_with(prepared, recipe_options(args))
+    model = graphopt.to_onnx(quantized.graph, opset=args.opset, dynamic_batch=not args.static_batch)
+    return model, quantized.to_dict(), fusion_report(model).to_dict()
 
 
 def _format(summary: dict) -> str:

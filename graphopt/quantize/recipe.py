@@ -100,10 +100,13 @@ def load_calibration(graph: Graph, source: Any, method: str, num_samples: int | 
 def prepare(graph: Graph, source: Any, options: RecipeOptions = RecipeOptions()) -> Prepared:
     """Fold (``options.fold``), equalize (``options.equalize``, not with a table) and calibrate
     ``graph`` on ``source`` (anything :func:`graphopt.quantize.calibrate` takes, or a table
-    ``.json``). ``graph`` is not changed."""
+    ``.json``). ``source`` None: dynamic quantization, nothing calibrated (only the fold).
+    ``graph`` is not changed."""
     import graphopt
     if options.fold:
         graph, _ = graphopt.rewrite(graph)
+    if source is None:
+        return Prepared(graph, None, None)
     from_data = not is_table(source)
     equalized = None
     if options.equalize and from_data:
@@ -117,8 +120,13 @@ def prepare(graph: Graph, source: Any, options: RecipeOptions = RecipeOptions())
 def quantize_with(prepared: Prepared, options: RecipeOptions = RecipeOptions()) -> Quantized:
     """The QDQ model of ``prepared.graph`` (:func:`graphopt.quantize.quantize` with the
     options), its biases corrected on ``prepared.data`` when ``options.bias_correction`` and
-    there is data. Neither graph is changed."""
-    from graphopt.quantize.qdq import quantize
+    there is data; without a calibration, :func:`graphopt.quantize.quantize_dynamic`'s model.
+    Neither graph is changed."""
+    from graphopt.quantize.qdq import quantize, quantize_dynamic
+    if prepared.calibration is None:
+        return Quantized(*quantize_dynamic(prepared.graph, per_channel=options.per_channel,
+                                           exclude=options.exclude,
+                                           reduce_range=options.reduce_range))
     qgraph, report = quantize(prepared.graph, prepared.calibration,
                               activations=options.activations, per_channel=options.per_channel,
                               exclude=options.exclude,
