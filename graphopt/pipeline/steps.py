@@ -6,7 +6,7 @@ graph picture) and its own report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -86,14 +86,9 @@ def quantize(context: Context, step: Step) -> StepOutcome:
     from graphopt.quantize import fallback_until
     from graphopt.quantize.recipe import RecipeOptions, prepare, quantize_with
     options = dict(step.options)
-    recipe = RecipeOptions(method=options.get("method", "entropy"),
-                           num_samples=options.get("num_samples"),
-                           activations=options.get("activations", "uint8"),
-                           per_channel=options.get("per_channel", True),
-                           exclude=tuple(options.get("exclude", [])),
-                           exclude_first_last=options.get("exclude_first_last", False),
-                           equalize=options.get("equalize", True),
-                           bias_correction=options.get("bias_correction", True))
+    recipe = RecipeOptions(**{option.name: options[option.name] for option in fields(RecipeOptions)
+                              if option.name in options})   # the spec's keys, checked there
+    recipe = replace(recipe, exclude=tuple(recipe.exclude))
     source = calibration_data(context.current, context.resolve(options.get("calib")),
                               context.evaluation)
     prepared = prepare(context.current, source, recipe)
