@@ -51,21 +51,6 @@ ROOT = HERE.parent
 MODELS = ("resnet50_v1", "mobilenetv2_1.0")
 RATIOS = (0.25, 0.5, 0.75)
 SPEEDUP_GOAL = 1.7   # at 50% filters
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> dict:
-    """The CPU model and which of the flags that decide kernel speed it has (Linux only)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": "unknown", "flags": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "unknown")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                      if line.startswith("flags")), []))
-    return {"model": model, "flags": [flag for flag in CPU_FLAGS if flag in flags],
-            "cores": os.cpu_count()}
 
 
 def interleaved_medians(runners: dict, runs: int, warmup: int) -> tuple[dict, dict]:
@@ -261,9 +246,12 @@ def format_digits(results: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
+    from cpu import cpu_flags, cpu_model
     import mxnet as mx
     import onnxruntime as ort
-    results = {"cpu": cpu_flags(), "threads": args.threads, "runs": args.runs,
+    flags = [flag for flag, present in cpu_flags().items() if present]
+    results = {"cpu": {"model": cpu_model(), "cores": os.cpu_count(), "flags": flags},
+               "threads": args.threads, "runs": args.runs,
                "round_to": args.round_to, "mxnet": mx.__version__,
                "onnxruntime": ort.__version__, "models": {}}
     with tempfile.TemporaryDirectory(prefix="graphopt-prune-bench-") as folder:

@@ -44,26 +44,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from cpu import cpu_flags  # noqa: E402  (benchmarks/cpu.py, beside this script)
+
 MODELS = ("resnet50_v1", "mobilenetv2_1.0", "lenet_digits", "resnet_digits")
 ZOO_HELDOUT = 8   # held-out seeded images per zoo network (SQNR)
 SPEEDUP_GOAL = 2.5      # graphopt int8 at least 2.5x faster than float32
 PEER_RATIO_GOAL = 1.0   # graphopt int8 latency at most 1.0x onnxruntime's quantized model
 SQNR_GOAL = 35.0
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-
-
-def cpu_flags() -> dict[str, bool]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {flag: flag in flags for flag in CPU_FLAGS}
 
 
 def load_network(name: str, samples: int):
