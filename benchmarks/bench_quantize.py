@@ -185,21 +185,21 @@ def kernel_profile(paths: dict[str, Path], x, runs: int, graph) -> dict:
 def bench_network(name: str, args, folder: Path) -> dict:
     import onnx
     import graphopt
-    from graphopt.quantize import calibrate, correct_bias, equalize, fusion_report, quantize
+    from graphopt.quantize import RecipeOptions, fusion_report, prepare, quantize_with
     from graphopt.quantize.sensitivity import sqnr_db
     from graphopt.runtime import onnx_session
     graph, calibration_inputs, heldout = load_network(name, args.samples)
-    # onnxruntime quantizes the folded float model as the user has it; graphopt, as its CLI
-    # does by default, equalizes it first and corrects the biases after (--no-equalize,
-    # --no-bias-correction to measure without)
-    source = equalize(graph)[0] if args.equalize else graph
+    # onnxruntime quantizes the folded float model as the user has it; graphopt runs its own
+    # recipe, as its CLI does by default: equalize, calibrate, quantize, correct the biases
+    # (--no-equalize, --no-bias-correction to measure without)
+    options = RecipeOptions(method=args.method, activations=args.activations, fold=False,
+                            equalize=args.equalize, bias_correction=args.bias_correction)
     started = time.perf_counter()
-    calibration = calibrate(source, calibration_inputs, method=args.method)
+    prepared = prepare(graph, calibration_inputs, options)
     calibrate_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    qgraph, report = quantize(source, calibration, activations=args.activations)
-    if args.bias_correction:
-        qgraph, _ = correct_bias(qgraph, source, calibration_inputs)
+    quantized = quantize_with(prepared, options)
+    qgraph, report = quantized.graph, quantized.report
     quantize_seconds = time.perf_counter() - started
     paths = {"float32": folder / f"{name}-float.onnx", "graphopt": folder / f"{name}-int8.onnx",
              "onnxruntime": folder / f"{name}-ort-int8.onnx"}
@@ -228,11 +228,11 @@ def bench_network(name: str, args, folder: Path) -> dict:
         "float_groups": {"graphopt": len(ours.float_groups), "onnxruntime": len(peer.float_groups)},
         "graphopt_float_layers": report.float_layers,
         "file_bytes": {key: path.stat().st_size for key, path in paths.items()},
-        "seconds": {"calibrate": calibrate_seconds, "quantize": quantize_seconds,
+        "seconds": {"equalize_and_calibrate": calibrate_seconds, "quantize": quantize_seconds,
                     "onnxruntime_quantize_static": peer_seconds},
     }
     if args.profile:
-        row["profile"] = kernel_profile(paths, heldout, args.runs, source)
+        row["profile"] = kernel_profile(paths, heldout, args.runs, prepared.graph)
     return row
 
 
