@@ -96,6 +96,7 @@ CHOICES = {  # string options with a closed set of values: refused here, with th
     ("quantize", "activations"): ("uint8", "int8"),
 }
 OUTPUT_FORMATS = ("onnx", "mxnet")
+RESERVED_STEP_NAMES = {"input": "the model as loaded", "export": "the deployment files"}
 
 
 @dataclass
@@ -232,6 +233,11 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
         if "name" in raw and not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
             raise where.error(f"the name of {context} ({raw['name']!r}) names its folder: use "
                               f"letters, digits, '_', '.' and '-'", "name", "step", index)
+        if raw.get("name") in RESERVED_STEP_NAMES:  # a step named so would be gated against
+            # itself: the report's records of the loaded model and the export have these names
+            raise where.error(f"the name of {context} ({raw['name']!r}) is the report's name "
+                              f"for {RESERVED_STEP_NAMES[raw['name']]}: choose another",
+                              "name", "step", index)
         options = {k: v for k, v in raw.items() if k not in STEP_COMMON}
         steps.append(Step(kind, options, dict(gate), raw.get("name") or f"{index + 1:02d}-{kind}"))
     kinds = [step.kind for step in steps]
