@@ -235,6 +235,41 @@ def test_deconvolution_weights_are_per_channel_on_axis_1_and_concat_runs_in_int8
     assert sqnr_db([reference], [_run(model, x)]) > 30.0   # measured about 38 dB
 
 
+RELU_OPS = {
+    "name": "relu written as MXNet's relu op (Gluon's F.relu, mx.sym.relu) and as Activation",
+    "inputs": {"data": [1, 4, 8, 8]},
+    "nodes": [
+        {"name": "conv", "op": "Convolution", "inputs": ["data"],
+         "attrs": {"kernel": [3, 3], "num_filter": 8, "pad": [1, 1]}},
+        {"name": "relu_op", "op": "relu", "inputs": ["conv"]},
+        {"name": "side", "op": "Convolution", "inputs": ["data"],
+         "attrs": {"kernel": [3, 3], "num_filter": 8, "pad": [1, 1]}},
+        {"name": "relu_act", "op": "Activation", "inputs": ["side"], "attrs": {"act_type": "relu"}},
+        {"name": "add", "op": "elemwise_add", "inputs": ["relu_op", "relu_act"]},
+        {"name": "head", "op": "Convolution", "inputs": ["add"],
+         "attrs": {"kernel": [1, 1], "num_filter": 3}},
+    ],
+    "outputs": ["head"],
+}
+
+
+def test_the_relu_op_folds_into_the_quantize_as_activation_relu_does(tmp_path):
+    """MXNet's ``relu`` op is the same function as Activation(act_type=relu): both fold into
+    their conv's output quantize (before, the relu op stayed between two quantize pairs, and the
+    fusion report predicted a float Relu that onnxruntime had removed)."""
+    graph = build_vector_graph(RELU_OPS, tmp_path)
+    rng = np.random.RandomState(0)
+    calibration = calibrate(graph, rng.randn(32, 4, 8, 8).astype(np.float32), method="minmax")
+    qgraph, _report = quantize(graph, calibration)
+    assert not any(n.op in ("relu", "Activation") for n in qgraph.op_nodes())
+    model = graphopt.to_onnx(qgraph)
+    fusion = fusion_report(model)
+    assert fusion.counts() == {"QLinearConv": 2, "QLinearAdd": 1, "Conv": 1}, fusion.format()
+    assert not fusion.mismatches, fusion.format()
+    x = rng.randn(8, 4, 8, 8).astype(np.float32)
+    assert sqnr_db([_run(graphopt.to_onnx(graph), x)], [_run(model, x)]) > 30.0
+
+
 def test_an_all_zero_tensor_gets_a_warning_naming_it():
     with pytest.warns(QuantizationWarning, match="'dead_relu_output'"):
         scale, zero_point = activation_qparams(0.0, 0.0, "uint8", "dead_relu_output")

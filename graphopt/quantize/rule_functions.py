@@ -163,7 +163,7 @@ def quantize_layer(layer: Ref) -> str | None:
 
 @register_guard
 def activation_folds_into_quantize(activation: Ref, producer: Ref) -> str | None:
-    """``activation`` (ReLU, or clip from 0) is the only reader of a quantized layer's output and
+    """``activation`` (ReLU as Activation or the relu op, or clip from 0) is the only reader of a quantized layer's output and
     its calibrated range starts at 0: quantizing with the zero point at the grid's floor clamps
     negatives to 0 as the ReLU did, so Q(relu(y)) == Q(y) and the ReLU goes."""
     if producer.op not in QUANTIZABLE_OPS:
@@ -226,7 +226,7 @@ def unquantized_output(layer: Ref) -> Ref:
     if len(uses) == 1 and not graph.is_output(layer.tensor):
         reader = graph.node(uses[0][0])
         foldable = (reader.op == "Activation" and reader.attrs.get("act_type") == "relu") \
-            or reader.op == "clip"
+            or reader.op in ("relu", "clip")
         if foldable and activation_folds_into_quantize(
                 Ref(graph, "activation", _tensor(reader.name)), layer) is None:
             raise NoRewrite(f"{reader.name} folds into the quantize of its output")
