@@ -124,6 +124,21 @@ def test_a_failing_gate_exits_1_and_leaves_the_earlier_steps(tmp_path, held_out)
     np.testing.assert_allclose(*folded.values(), *original.values(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_failed_run_into_an_earlier_runs_folder_leaves_none_of_its_models(tmp_path):
+    out = tmp_path / "out"
+    assert optimize(LENET, *DIGITS_INPUT, "--data", "digits", "--fold-bn", "--out", str(out)) == 0
+    assert (out / "model.onnx").is_file() and (out / "steps/01-fold/model-symbol.json").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    # pruning 90% of LeNet's filters costs accuracy (99.4% -> 16%, measured): a zero-drop gate fails
+    code = optimize(LENET, *DIGITS_INPUT, "--data", "digits", "--prune", "filters:0.9",
+                    "--gate", "prune:max_accuracy_drop=0", "--out", str(out))
+    assert code == 1
+    # the earlier run's deployment files and step files are gone: a model.onnx left there would
+    # pass for this failed run's output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "notes.txt", "report.html", "report.json"]
+
+
 def test_a_missed_budget_still_writes_the_best_model_and_says_so(tmp_path, held_out):
     out = tmp_path / "out"
     # 200 dB is beyond any int8 model (float32 rounding alone is about 140 dB)

@@ -7,7 +7,8 @@ model as loaded, ``against = "input"``) by its gate: ``rtol`` (relative error of
 ``min_sqnr`` (dB) and/or ``max_accuracy_drop`` (a fraction: 0.01 is one point, needs labels).
 A step's files (``OUT/steps/NAME/model-*``) are written only once its gate has passed, so a
 failing step leaves the files of earlier steps as they were; the report is written either way
-and names the step that failed. Accuracy-aware quantization writes its best model and the
+and names the step that failed. An earlier run's files in ``OUT`` (those its report.json
+lists) are removed before the first step, so none of them passes for this run's. Accuracy-aware quantization writes its best model and the
 report even when its budget is missed, then fails (exit 1) saying so.
 
 Default gates, when a step names none:
@@ -154,6 +155,7 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
                           dtypes={i.name: i.dtype for i in inputs if i.dtype} or None)
     run = _Run(spec, out, log, evaluation_data(graph, spec.path(spec.data), spec.samples,
                                                spec.seed))
+    _remove_previous_run(out)
     started = time.perf_counter()
     log(f"loaded {symbol.name}; evaluating on {run.evaluation.source}")
     input_figures = run.measure("input", graph, "mxnet")
@@ -185,6 +187,27 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     if failure is not None:
         raise GateError(failure, result)
     return result
+
+
+def _remove_previous_run(out: Path) -> None:
+    """Delete the files an earlier run into ``out`` listed in its report.json (its deployment
+    files, its steps' files, the report itself), so that when this run stops early no model of
+    the earlier run sits in the folder looking like this run's. Only files the report names, by
+    their names inside ``out``: whatever else the user keeps there stays."""
+    try:
+        previous = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        listed = [out / Path(path).name for path in previous.get("files", {}).values()]
+        for record in previous.get("steps", []):
+            if record.get("kind") not in ("input", "export") and record.get("files"):
+                folder = out / "steps" / Path(record["name"]).name
+                listed += [folder / Path(path).name for path in record["files"].values()]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return  # no earlier report (or not one of ours): nothing known to remove
+    for path in [p for p in listed if p.name != "report.json"] + [out / "report.json"]:
+        path.unlink(missing_ok=True)
+        if (path.parent.parent == out / "steps" and path.parent.is_dir()
+                and not any(path.parent.iterdir())):
+            path.parent.rmdir()
 
 
 def _run_step(run: _Run, context: Context, step: Step):
