@@ -8,8 +8,9 @@ model as loaded, ``against = "input"``) by its gate: ``rtol`` (relative error of
 A step's files (``OUT/steps/NAME/model-*``) are written only once its gate has passed, so a
 failing step leaves the files of earlier steps as they were; the report is written either way
 and names the step that failed. An earlier run's files in ``OUT`` (those its report.json
-lists) are removed before the first step, so none of them passes for this run's. Accuracy-aware quantization writes its best model and the
-report even when its budget is missed, then fails (exit 1) saying so.
+lists) are removed before the first step, so none of them passes for this run's.
+Accuracy-aware quantization writes its best model and the report even when its budget is
+missed, then fails (exit 1) saying so.
 
 Default gates, when a step names none:
 
