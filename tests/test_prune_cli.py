@@ -156,3 +156,22 @@ def test_filters_dropped_then_compared_with_inspect(tmp_path, heldout, capsys):
     np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
     gluon = imported_block(out)(mx.nd.array(images)).asnumpy()
     np.testing.assert_allclose(gluon, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("target", ["-o PREFIX", "--report SYMBOL", "--sparse-params PARAMS",
+                                    "--to onnx -o PARAMS"])
+def test_an_output_that_would_overwrite_the_input_model_is_refused(target, tmp_path, capsys):
+    """The input files are never modified: ``-o`` naming the input's own prefix (or a report
+    or sparse-params path naming one of its files) used to overwrite the model being pruned."""
+    symbol, params = fixture_path("lenet_digits")
+    prefix = tmp_path / "lenet"
+    (tmp_path / "lenet-symbol.json").write_bytes(symbol.read_bytes())
+    (tmp_path / "lenet-0000.params").write_bytes(params.read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    paths = {"PREFIX": str(prefix), "SYMBOL": f"{prefix}-symbol.json",
+             "PARAMS": f"{prefix}-0000.params"}
+    option = [paths.get(word, word) for word in target.split()]
+    code = main(["prune", str(prefix), "--input", SHAPE, "--sparsity", "0.5", *option])
+    assert code == 2
+    assert "input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from graphopt.errors import PruneError
 
@@ -56,12 +57,40 @@ def add_commands(commands) -> None:
     p.set_defaults(run=cmd_prune)
 
 
+def _outputs(args) -> list[tuple[str, Path]]:
+    """Every file the command writes, with the option that names it."""
+    outputs = []
+    if args.output and args.to == "onnx":
+        outputs.append(("-o", Path(args.output)))
+    elif args.output:
+        outputs += [("-o", Path(f"{args.output}-symbol.json")),
+                    ("-o", Path(f"{args.output}-0000.params"))]
+    if args.report:
+        outputs.append(("--report", Path(args.report)))
+    if args.sparse_params:
+        outputs.append(("--sparse-params", Path(args.sparse_params)))
+    return outputs
+
+
+def _refuse_overwriting_the_input(args) -> None:
+    """The input model is never modified: an output path naming one of its files (``-o`` given
+    the input's own prefix, say) is a bad request, refused before anything is written."""
+    from graphopt.cli import resolve_model
+    inputs = [path for path in resolve_model(args.model, args.params) if path is not None]
+    for option, output in _outputs(args):
+        for path in inputs:
+            if output.exists() and path.exists() and output.samefile(path):
+                raise PruneError(f"{option} {output} would overwrite the input model's "
+                                 f"file {path}; write the pruned model elsewhere")
+
+
 def cmd_prune(args) -> int:
     from graphopt._files import atomic_write_bytes
     from graphopt.cli import _load, _print_json
     from graphopt.prune.api import prune
     if args.round_to is not None and args.filters is None:
         raise PruneError("--round-to applies to filter pruning (--filters RATIO)")
+    _refuse_overwriting_the_input(args)
     graph = _load(args)
     if args.filters is not None:
         pruned, report = prune(graph, "filters", ratio=args.filters, criterion=args.criterion,
