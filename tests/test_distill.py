@@ -211,6 +211,9 @@ def test_bad_input_is_refused_before_training(resnet_teacher, digits, tmp_path):
             train_data=(x, bad_labels))
     refused(DataError, r"labels must lie in 0..9",
             val_data=(x, np.full(len(x), 12)))
+    # a global-pooling model runs on 14x14 images too: it was validated on them, silently
+    refused(DataError, r"validation samples of shape \(1, 14, 14\), but the training samples",
+            val_data=(x[:, :, :14, :14], y))
     refused(DataError, "empty", train_data=(x[:0], y[:0]))
     refused(DataError, "empty", train_data=gluon.data.DataLoader(
         gluon.data.ArrayDataset(x[:0], y[:0]), batch_size=8))

@@ -191,7 +191,7 @@ def _prepare(teacher, student, train_data, val_data, alpha: float, batch_size: i
     if isinstance(train, ArrayData):
         check_label_range(train.y, classes, train.source)
     if val is not None:
-        _check_validation(val, classes)
+        _check_validation(val, classes, first_x, train.source)
     return _Setup(train, val, cache, teacher_model, trainee, classes)
 
 
@@ -258,8 +258,16 @@ def _check_outputs(teacher_sample: np.ndarray | None, student_sample: np.ndarray
                          f"and the student {student_sample.shape} (the classes must be the same)")
 
 
-def _check_validation(val: ArrayData | LoaderData, classes: int) -> None:
+def _check_validation(val: ArrayData | LoaderData, classes: int, train_x: np.ndarray,
+                      train_source: str) -> None:
+    """Labels in range, and samples shaped as the training ones: a model with global pooling
+    runs on any image size, and would be validated (and its best epoch chosen) on inputs it
+    is not trained for."""
     if isinstance(val, ArrayData):
+        if tuple(val.x.shape[1:]) != tuple(train_x.shape[1:]):
+            raise DataError(f"{val.source}: validation samples of shape {tuple(val.x.shape[1:])}, "
+                            f"but the training samples ({train_source}) have shape "
+                            f"{tuple(train_x.shape[1:])}")
         if val.y is None:
             raise DataError(f"{val.source}: validation data needs labels (to measure accuracy)")
         check_label_range(val.y, classes, val.source)
