@@ -270,6 +270,29 @@ def test_the_relu_op_folds_into_the_quantize_as_activation_relu_does(tmp_path):
     assert sqnr_db([_run(graphopt.to_onnx(graph), x)], [_run(model, x)]) > 30.0
 
 
+def test_a_near_dead_channel_with_a_bias_keeps_an_int32_bias(tmp_path):
+    """A channel whose weights are almost 0 but whose bias is not (a BatchNorm with gamma ~ 0
+    folded in): per channel, its weight scale is so small that bias / (input scale x weight
+    scale) overflows int32. Its weight scale is raised until the bias fits (its weights are ~0
+    either way); before, the whole layer's bias stayed float, which onnxruntime's QDQ Conv
+    selector does not expect, and the fusion report's prediction was wrong."""
+    graph = build_vector_graph(RELU_OPS, tmp_path)
+    weight, bias = graph.param("conv_weight").copy(), graph.param("conv_bias").copy()
+    weight[3] *= 1e-7
+    bias[3] = 0.5
+    graph.set_param("conv_weight", weight)
+    graph.set_param("conv_bias", bias)
+    rng = np.random.RandomState(0)
+    calibration = calibrate(graph, rng.randn(32, 4, 8, 8).astype(np.float32), method="minmax")
+    qgraph, _report = quantize(graph, calibration)
+    assert qgraph.param("conv_bias_quantized").dtype == np.int32
+    model = graphopt.to_onnx(qgraph)
+    fusion = fusion_report(model)
+    assert fusion.counts().get("QLinearConv") == 2 and not fusion.mismatches, fusion.format()
+    x = rng.randn(8, 4, 8, 8).astype(np.float32)
+    assert sqnr_db([_run(graphopt.to_onnx(graph), x)], [_run(model, x)]) > 30.0
+
+
 def test_an_all_zero_tensor_gets_a_warning_naming_it():
     with pytest.warns(QuantizationWarning, match="'dead_relu_output'"):
         scale, zero_point = activation_qparams(0.0, 0.0, "uint8", "dead_relu_output")

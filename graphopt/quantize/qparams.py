@@ -68,22 +68,26 @@ def cpu_needs_reduced_range() -> bool:
     return "avx2" in flags and not vnni
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None, maximum: int = WEIGHT_MAX
+def quantize_weight(weight: np.ndarray, axis: int | None, maximum: int = WEIGHT_MAX,
+                    min_scale: np.ndarray | float = 0.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric int8 ``(q, scale, zero_point)`` in [-maximum, maximum], per slice of ``axis``
-    (``None``: per tensor)."""
+    (``None``: per tensor). ``min_scale`` (per slice, or one value): the smallest scale allowed,
+    so that the layer's int32 bias fits (:func:`bias_min_weight_scale`)."""
     weight = np.asarray(weight, np.float32)
     if axis is None:
         peak = np.asarray([np.abs(weight).max(initial=0.0)], np.float32)
-        shaped = peak.reshape(())
+        floor = np.asarray([np.max(min_scale, initial=0.0)], np.float32)
+        shape = []
     else:
         others = tuple(a for a in range(weight.ndim) if a != axis)
         peak = np.abs(weight).max(axis=others, initial=0.0).astype(np.float32)
+        floor = np.broadcast_to(np.asarray(min_scale, np.float32), peak.shape)
         shape = [1] * weight.ndim
         shape[axis] = -1
-        shaped = peak.reshape(shape)
     scale = np.where(peak > 0, peak / maximum, 1.0).astype(np.float32)  # an all-zero channel
-    shaped_scale = np.where(shaped > 0, shaped / maximum, 1.0).astype(np.float32)
+    scale = np.maximum(scale, floor).astype(np.float32)
+    shaped_scale = scale.reshape(shape)
     q = np.clip(round_keeping_kernel_sums(weight / shaped_scale), -maximum, maximum)
     return q.astype(np.int8), scale, np.zeros(scale.shape, np.int8)
 
@@ -109,6 +113,15 @@ def round_keeping_kernel_sums(scaled: np.ndarray) -> np.ndarray:
     rank_up = np.argsort(np.argsort(excess, axis=1, kind="stable"), axis=1, kind="stable")
     rounded = rounded - (rank_down < flips) + (rank_up < -flips)
     return rounded.reshape(scaled.shape)
+
+
+def bias_min_weight_scale(bias: np.ndarray, input_scale: float) -> np.ndarray:
+    """Per bias element, the smallest weight scale at which ``bias / (input scale x weight
+    scale)`` fits int32 with a factor 2 to spare (bias correction later moves the bias). It only
+    binds for a channel whose weights are nearly 0 but whose bias is not (a BatchNorm with gamma
+    ~ 0 folded in); such a channel's weights round to 0 either way."""
+    bias = np.abs(np.asarray(bias, np.float64))
+    return (bias / (float(input_scale) * (INT32.max / 2))).astype(np.float32)
 
 
 def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -288,6 +288,25 @@ def quantize_weight(layer: Ref, weight: Ref):
     return q, scale, zero_point, axis
 
 
+@register_function(returns=("quantized", "scale", "zero_point", "axis"))
+def quantize_weight_for_bias(layer: Ref, weight: Ref, data: Ref, bias: Ref):
+    """:func:`quantize_weight` with each weight scale at least what keeps the layer's bias within
+    int32 at scale input scale x weight scale (``qparams.bias_min_weight_scale``). Deconvolution's
+    scale j serves output channels j, j + out/groups, ... (its weight axis 1 is per group)."""
+    settings = options()
+    axis = weight_axis(layer) if settings.per_channel else None
+    input_scale, _zero_point = tensor_qparams(data)   # the scale its quantize has or will have
+    floor = qparams.bias_min_weight_scale(bias.value, input_scale[0])
+    if axis is None:
+        floor = floor.max(initial=0.0)
+    else:
+        slices = weight.value.shape[axis]
+        floor = floor.reshape(-1, slices).max(axis=0) if floor.size % slices == 0 else floor.max()
+    q, scale, zero_point = qparams.quantize_weight(weight.value, axis, _weight_max(settings),
+                                                   min_scale=floor)
+    return q, scale, zero_point, axis
+
+
 @register_function(returns=("quantized", "scale", "zero_point"))
 def quantize_bias(layer: Ref, data: Ref, bias: Ref, weight_scale: np.ndarray):
     """int32 bias with scale input scale x weight scale, per output channel. Deconvolution's
