@@ -336,6 +336,22 @@ def test_a_per_channel_scale_parameter_is_sliced_with_the_channels():
     assert smaller.params["scale"].shape[0] == smaller.node("conv").outputs[0].shape[1] < 6
 
 
+@pytest.mark.parametrize("gate_first", [True, False])
+def test_a_one_channel_gate_broadcast_over_the_channels_in_either_operand_order(gate_first):
+    """A spatial attention map (N, 1, H, W) times the features (N, C, H, W): the gate's own
+    group is pinned (it broadcasts), the features' channels drop. With the gate as the first
+    operand the op was filed under the gate's group and the drop failed with a KeyError."""
+    data = mx.sym.Variable("data")
+    # without a bias a zeroed feature channel is 0, and 0 times the gate is a constant
+    features = mx.sym.relu(conv(data, "features", 6, no_bias=True))
+    gate = mx.sym.sigmoid(conv(data, "gate", 1))
+    operands = (gate, features) if gate_first else (features, gate)
+    graph = graph_of(conv(mx.sym.broadcast_mul(*operands), "next", 2))
+    smaller, _ = check_drop(graph, {"data": seeded_input((1, 4, 6, 6))})
+    assert smaller.node("features").outputs[0].shape[1] < 6
+    assert smaller.node("gate").outputs[0].shape[1] == 1
+
+
 def test_instance_norm_squeeze_and_axis_moves_after_the_channels_are_followed():
     """InstanceNorm turns a constant channel into its beta; squeeze, expand_dims and a transpose
     of the spatial axes keep the channel axis where it is."""

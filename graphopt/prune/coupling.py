@@ -609,7 +609,7 @@ class _Analysis:
             return "unknown"
         channels = out_shape[1]
         rank = len(out_shape)
-        mapped, params = [], []
+        mapped, params, broadcast = [], [], set()
         for slot, tensor in enumerate(inputs):
             shape = self.graph.tensor_type(tensor).shape or ()
             # the axis of this operand that broadcasts against the output's channel axis
@@ -621,6 +621,7 @@ class _Analysis:
                 if size != channels:
                     self.pin(self.maps[tensor], f"{node.op} {node.name!r} broadcasts it across "
                                                 f"{channels} channels")
+                    broadcast.add(tensor)   # not an input whose channels the op passes on
                     continue
                 mapped.append(self.maps[tensor])
             elif size == channels and channels > 1:
@@ -647,7 +648,8 @@ class _Analysis:
                 if a != b:
                     union(a, b)
             self.join(first + other)
-        self.through(node, [t for t in inputs if t in self.maps], first, params)
+        self.through(node, [t for t in inputs if t in self.maps and t not in broadcast], first,
+                     params)
         return None
 
     def spatial(self, node: Node) -> str | None:
