@@ -31,7 +31,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from graphopt.errors import GraphoptError, ShapeError
+from graphopt.errors import GraphoptError, ModelFileError, ShapeError
 from graphopt.ir.graph import Graph, unique_output_names
 from graphopt.mxnet_io.infer import first_error_line
 
@@ -182,7 +182,16 @@ def run_mxnet(model: Graph | ModelPaths | MXNetModel, inputs: Mapping[str, np.nd
 # --- onnxruntime --------------------------------------------------------------------------------
 
 def load_onnx(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    """``model`` itself, or the ONNX file it names; a missing or unreadable file is a
+    :class:`ModelFileError` naming it (bad input, exit code 2), not a traceback."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(str(model))
+    except OSError as error:
+        raise ModelFileError(f"cannot read the ONNX file: {error.strerror}", file=str(model)) from None
+    except Exception as error:  # protobuf's DecodeError and friends: not an ONNX model
+        raise ModelFileError(f"not an ONNX model: {error}", file=str(model)) from None
 
 
 def onnx_session(model: onnx.ModelProto | bytes | str | os.PathLike, threads: int | None = None,

@@ -291,3 +291,13 @@ def test_a_tensor_returned_twice_is_compared_twice(tmp_path):
     model.graph.output[2].name = last + "_neg"   # the second copy now differs
     result = compare(*files, model, inputs={"data": (2, 3)})
     assert not result.ok
+
+
+def test_a_missing_or_broken_onnx_file_is_bad_input_not_a_traceback(tmp_path, capsys):
+    from graphopt.cli import main
+    lenet = str(fixture_path("lenet_digits")[0])
+    assert main(["compare", lenet, str(tmp_path / "typo.onnx"), "--input", "data:1x1x28x28"]) == 2
+    assert "cannot read the ONNX file" in capsys.readouterr().err
+    (tmp_path / "text.onnx").write_text("not a model")
+    assert main(["compare", lenet, str(tmp_path / "text.onnx"), "--input", "data:1x1x28x28"]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err
