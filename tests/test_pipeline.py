@@ -187,6 +187,21 @@ def test_the_users_labelled_npz_gives_accuracy_gates(tmp_path, held_out):
     assert report["steps"][1]["gate"]["checks"][0]["criterion"] == "accuracy drop"
 
 
+@pytest.mark.parametrize("labels, message", [
+    # (N, 1) labels broadcast against (N,) predictions: 10.5% accuracy reported, measured
+    (lambda y: y[:, None], "labels must be class indices of shape (N,), got shape (100, 1)"),
+    (lambda y: y[:60], "60 labels for inputs of {'data': 100} samples"),   # reported 0%
+    (lambda y: y + 0.5, "labels must be whole class indices"),             # reported 0%
+])
+def test_bad_labels_in_the_evaluation_npz_are_refused(tmp_path, capsys, held_out, labels,
+                                                      message):
+    x, y = held_out
+    np.savez(tmp_path / "eval.npz", data=x[:100], label=labels(y[:100]))
+    assert optimize(LENET, *DIGITS_INPUT, "--data", str(tmp_path / "eval.npz"), "--fold-bn",
+                    "--out", str(tmp_path / "out")) == 2
+    assert message in capsys.readouterr().err
+
+
 PIPELINE = """\
 model = "{model}"
 inputs = ["data:1x1x28x28"]

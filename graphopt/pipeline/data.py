@@ -56,8 +56,8 @@ def evaluation_data(graph: Graph, data: str | None, samples: int, seed: int) -> 
         with np.load(data) as arrays:
             if all(name in arrays for name in graph.input_names):
                 labels = next((arrays[k] for k in ("label", "y") if k in arrays), None)
-                return EvaluationData({name: arrays[name] for name in graph.input_names},
-                                      labels, data)
+                inputs = {name: arrays[name] for name in graph.input_names}
+                return EvaluationData(inputs, _checked_labels(labels, inputs, data), data)
     from graphopt.distill.data import ArrayData, as_training_data
     loaded = as_training_data(data, role="val_data")
     if not isinstance(loaded, ArrayData):
@@ -66,6 +66,21 @@ def evaluation_data(graph: Graph, data: str | None, samples: int, seed: int) -> 
         raise DataError(f"{data}: the model has inputs {graph.input_names}; store one array per "
                         f"input name in the .npz", file=data)
     return EvaluationData({graph.input_names[0]: loaded.x}, loaded.y, loaded.source)
+
+
+def _checked_labels(labels, inputs: dict, source: str):
+    """The labels as int64 class indices (N,), one per sample of every input, or a DataError:
+    labels of shape (N, 1), too few of them or fractional ones gave a wrong accuracy silently
+    (numpy broadcast or compared them elementwise)."""
+    if labels is None:
+        return None
+    from graphopt.distill.data import _labels
+    labels = _labels(np.asarray(labels), source)
+    counts = {name: len(array) for name, array in inputs.items()}
+    if any(count != len(labels) for count in counts.values()):
+        raise DataError(f"{source}: {len(labels)} labels for inputs of {counts} samples",
+                        file=source)
+    return labels
 
 
 def calibration_data(graph: Graph, calib: str | None, evaluation: EvaluationData):
