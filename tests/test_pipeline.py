@@ -187,6 +187,14 @@ def test_the_users_labelled_npz_gives_accuracy_gates(tmp_path, held_out):
     assert report["steps"][1]["gate"]["checks"][0]["criterion"] == "accuracy drop"
 
 
+def test_an_accuracy_gate_without_labels_is_refused_before_any_step_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert optimize(LENET, *DIGITS_INPUT, "--fold-bn", "--prune", "filters:0.5",
+                    "--gate", "prune:max_accuracy_drop=0.1", "--out", str(out)) == 2
+    assert "step 02-prune: an accuracy gate needs labelled" in capsys.readouterr().err
+    assert not out.exists()  # the fold step used to run and write its files first
+
+
 @pytest.mark.parametrize("labels, message", [
     # (N, 1) labels broadcast against (N,) predictions: 10.5% accuracy reported, measured
     (lambda y: y[:, None], "labels must be class indices of shape (N,), got shape (100, 1)"),

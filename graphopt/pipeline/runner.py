@@ -156,10 +156,11 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
                           dtypes={i.name: i.dtype for i in inputs if i.dtype} or None)
     run = _Run(spec, out, log, evaluation_data(graph, spec.path(spec.data), spec.samples,
                                                spec.seed))
-    _remove_previous_run(out)
     started = time.perf_counter()
     log(f"loaded {symbol.name}; evaluating on {run.evaluation.source}")
     input_figures = run.measure("input", graph, "mxnet")
+    _check_accuracy_gates(spec, input_figures)
+    _remove_previous_run(out)
     run.records.append({"name": "input", "kind": "input", "figures": input_figures,
                         "status": "ok", "model": str(symbol)})
     context = Context(original=graph, current=graph, evaluation=run.evaluation,
@@ -188,6 +189,19 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     if failure is not None:
         raise GateError(failure, result)
     return result
+
+
+def _check_accuracy_gates(spec: PipelineSpec, input_figures: dict) -> None:
+    """Refuse an accuracy gate or budget that cannot be measured before any step runs (it was
+    found after the earlier steps had run and written their files, with no report)."""
+    if input_figures["accuracy"] is not None:
+        return
+    for step in spec.steps:
+        if "max_accuracy_drop" in step.gate or (step.kind == "quantize"
+                                                and "max_accuracy_drop" in step.options):
+            raise PipelineError(f"step {step.name}: an accuracy gate needs labelled evaluation "
+                                f"data ('digits' or a .npz with labels) and a classifier's "
+                                f"output (N, classes)")
 
 
 def _remove_previous_run(out: Path) -> None:
