@@ -111,6 +111,9 @@ def test_inspect_compare_shows_a_magnitude_pruned_model_is_no_smaller(tmp_path, 
      "layer pattern 'conv9*' matches no prunable layer; prunable layers: lenet_conv0_fwd"),
     (["--sparsity", "0.5", "--round-to", "8"], "--round-to applies to filter pruning"),
     (["--sparsity", "0.5", "--criterion", "bn_gamma"], "--criterion applies to filter pruning"),
+    # to_onnx's ValueError used to end the command with a traceback (exit 1) after the pruning
+    (["--sparsity", "0.5", "--to", "onnx", "-o", "never_written.onnx", "--opset", "5"],
+     "--opset 5 is not supported: choose one from 13 to"),
 ])
 def test_bad_requests_exit_2_naming_what_was_asked(arguments, message, capsys):
     assert main(["prune", lenet_prefix(), "--input", SHAPE, *arguments]) == 2

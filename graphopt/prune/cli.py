@@ -91,6 +91,11 @@ def cmd_prune(args) -> int:
     if args.round_to is not None and args.filters is None:
         raise PruneError("--round-to applies to filter pruning (--filters RATIO)")
     _refuse_overwriting_the_input(args)
+    if args.output and args.to == "onnx":
+        from graphopt.onnx import MAX_OPSET, MIN_OPSET
+        if not MIN_OPSET <= args.opset <= MAX_OPSET:   # said before the pruning, not after
+            raise PruneError(f"--opset {args.opset} is not supported: choose one from "
+                             f"{MIN_OPSET} to {MAX_OPSET}")
     graph = _load(args)
     if args.filters is not None:
         pruned, report = prune(graph, "filters", ratio=args.filters, criterion=args.criterion,
