@@ -187,6 +187,18 @@ def test_the_users_labelled_npz_gives_accuracy_gates(tmp_path, held_out):
     assert report["steps"][1]["gate"]["checks"][0]["criterion"] == "accuracy drop"
 
 
+def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, capsys):
+    import shutil
+    for suffix in ("-symbol.json", "-0000.params"):
+        shutil.copy(LENET + suffix, tmp_path / f"model{suffix}")
+    before = (tmp_path / "model-0000.params").read_bytes()
+    # the run writes OUT/model-symbol.json and OUT/model-0000.params: it replaced its own input
+    assert optimize(str(tmp_path / "model"), *DIGITS_INPUT, "--fold-bn", "--out",
+                    str(tmp_path)) == 2
+    assert "the run would overwrite it" in capsys.readouterr().err
+    assert (tmp_path / "model-0000.params").read_bytes() == before
+
+
 def test_an_accuracy_gate_without_labels_is_refused_before_any_step_runs(tmp_path, capsys):
     out = tmp_path / "out"
     assert optimize(LENET, *DIGITS_INPUT, "--fold-bn", "--prune", "filters:0.5",

@@ -152,6 +152,7 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
         raise PipelineError("give the output folder: --out DIR, or out = \"DIR\" in the file")
     inputs = [parse_input(text) for text in spec.inputs]
     symbol, params = resolve_model(spec.path(spec.model), spec.path(spec.params))
+    _refuse_overwriting_the_input(out, symbol, params)
     graph = graphopt.load(symbol, params, inputs={i.name: i.shape for i in inputs} or None,
                           dtypes={i.name: i.dtype for i in inputs if i.dtype} or None)
     run = _Run(spec, out, log, evaluation_data(graph, spec.path(spec.data), spec.samples,
@@ -189,6 +190,19 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     if failure is not None:
         raise GateError(failure, result)
     return result
+
+
+def _refuse_overwriting_the_input(out: Path, symbol: Path, params: Path) -> None:
+    """The run writes ``OUT/model-symbol.json``, ``OUT/model-0000.params`` and ``OUT/model.onnx``
+    (and removes an earlier run's): a model loaded from those very files would be replaced."""
+    written = {(out / name).resolve() for name in (f"{FINAL_NAME}-symbol.json",
+                                                   f"{FINAL_NAME}-0000.params",
+                                                   f"{FINAL_NAME}.onnx")}
+    clashes = [str(path) for path in (symbol, params) if Path(path).resolve() in written]
+    if clashes:
+        raise PipelineError(f"the output folder {str(out)!r} is where the input model is "
+                            f"({', '.join(clashes)}): the run would overwrite it; give another "
+                            f"output folder")
 
 
 def _check_accuracy_gates(spec: PipelineSpec, input_figures: dict) -> None:
