@@ -295,6 +295,10 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert optimize(LENET, *DIGITS_INPUT, "--fold-bn", "-o", str(tmp_path / "m"),
                     "--out", str(tmp_path)) == 2   # -o is the single-output form's
     assert "not of the pipeline" in capsys.readouterr().err
+    # distillation's training data is the digits only for a pipeline on the digits: a model
+    # evaluated on the user's data was trained on the digits, silently, when the shapes fit
+    assert optimize(LENET, *DIGITS_INPUT, "--distill", "1", "--out", str(tmp_path)) == 2
+    assert "(distill) needs 'train_data'" in capsys.readouterr().err
 
 
 def test_the_single_output_form_of_optimize_is_unchanged(tmp_path):

@@ -48,7 +48,8 @@ def add_pipeline_arguments(p) -> None:
     group.add_argument("--prune", metavar="SPEC", help="step: filters:RATIO, sparsity:S or "
                        "threshold:T, then ,key=value options (e.g. filters:0.5,criterion=l2)")
     group.add_argument("--distill", metavar="SPEC", help="step: EPOCHS or key=value options "
-                       "(epochs=5,temperature=4,alpha=0.5,learning_rate=3e-3,train_data=digits)")
+                       "(epochs=5,temperature=4,alpha=0.5,learning_rate=3e-3,train_data=DATA.npz); "
+                       "train_data defaults to the digits only with --data digits")
     group.add_argument("--quantize", choices=["int8"], help="step: int8 post-training quantization")
     group.add_argument("--calib", metavar="DATA", help="calibration data ('digits' or .npz; "
                        "default: the evaluation data)")

@@ -246,6 +246,14 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
         raise where.error(f"[[step]] #{after + 1} ({kinds[after]}) comes after the quantize step: "
                           f"quantization is the last step (prune, distill and fold work on float "
                           f"models)", "kind", "step", after)
+    for index, step in enumerate(steps):
+        if step.kind == "distill" and "train_data" not in step.options \
+                and document.get("data") != "digits":
+            # the digits are only the default of a pipeline on the digits: another model's
+            # student trained on them silently when its shapes happened to fit
+            raise where.error(f"[[step]] #{index + 1} (distill) needs 'train_data' (\"digits\" "
+                              f"or a labelled .npz): the evaluation data is not the digits",
+                              "kind", "step", index)
     names = [step.name for step in steps]
     if len(set(names)) != len(names):
         raise PipelineError(f"{source}: two steps have the same name: {names}")
