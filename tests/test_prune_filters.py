@@ -421,3 +421,28 @@ def test_lenet_half_its_filters_dropped_recovers_with_a_short_fine_tune(lenet, h
     # the fine-tuned model keeps the smaller structure
     assert {k: v.shape for k, v in result.student.params.items()} == \
         {k: v.shape for k, v in smaller.params.items()}
+
+
+def test_a_layer_whose_weight_is_shared_is_reported_not_pruned_with_the_reason(tmp_path):
+    """Two convs reading one weight (a recurrent block unrolled): its channels cannot be cut in
+    one use alone, so filter pruning leaves the weight whole. Asked for that layer by name,
+    it used to return an empty report with no word about why."""
+    sym = mx.sym
+    weight = sym.var("shared_weight")
+    x = sym.relu(sym.Convolution(sym.var("data"), num_filter=4, kernel=(3, 3), pad=(1, 1),
+                                 name="c0"))
+    x = sym.relu(sym.Convolution(x, weight, num_filter=4, kernel=(3, 3), pad=(1, 1),
+                                 no_bias=True, name="s1"))
+    x = sym.Convolution(x, weight, num_filter=4, kernel=(3, 3), pad=(1, 1), no_bias=True,
+                        name="s2")
+    rng = np.random.RandomState(0)
+    symbol_path, params_path = save_symbol(
+        x, tmp_path / "shared", {"data": (1, 4, 6, 6)},
+        lambda _kind, _name, shape: rng.normal(0, 0.5, shape).astype(np.float32))
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": (1, 4, 6, 6)})
+    pruned, report = graphopt.prune(graph, method="filters", ratio=0.5, layers="s1",
+                                    measure_storage=False)
+    assert pruned.params["shared_weight"] is graph.params["shared_weight"]
+    reasons = {tuple(s["layers"]): s["reason"] for s in report.skipped}
+    assert "shared" in reasons[("s1",)], reasons
+    assert "s1" in report.format()

@@ -49,7 +49,7 @@ import numpy as np
 
 from graphopt.errors import PruneError
 from graphopt.ir.graph import Graph
-from graphopt.prune.coupling import ChannelGroup, Producer, channel_groups
+from graphopt.prune.coupling import ChannelGroup, Producer, channel_groups, refusal
 from graphopt.prune.layers import (LayerSelection, PrunableLayer, output_filters, select_layers,
                                    selection_setting, zero_output_channels)
 from graphopt.prune.magnitude import check_fraction, check_scope
@@ -311,12 +311,20 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
     round_to = _check_round_to(round_to)
     if criterion not in CRITERIA:
         raise PruneError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    selected = {layer.name for layer in select_layers(graph, layers)}
+    selected_layers = select_layers(graph, layers)
+    selected = {layer.name for layer in selected_layers}
 
     notes: list[str] = []
     skipped: list[dict] = []
     segments = []
-    for segment in _segments(channel_groups(graph)):
+    all_segments = _segments(channel_groups(graph))
+    in_segments = {producer.node for segment in all_segments
+                   for producer in segment.producers + segment.followers}
+    for layer in selected_layers:   # producers the analysis did not follow
+        if layer.name not in in_segments:
+            skipped.append({"layers": [layer.name], "reason": refusal(graph, layer.name)
+                            or "the channel analysis does not follow its output channels"})
+    for segment in all_segments:
         chosen = [name for name in segment.names if name in selected]
         if not chosen:
             continue
