@@ -270,6 +270,38 @@ def test_the_relu_op_folds_into_the_quantize_as_activation_relu_does(tmp_path):
     assert sqnr_db([_run(graphopt.to_onnx(graph), x)], [_run(model, x)]) > 30.0
 
 
+RELU_BESIDE_A_RESIDUAL = {
+    "name": "a conv output read by a ReLU and by a residual add",
+    "inputs": {"data": [1, 4, 8, 8]},
+    "nodes": [
+        {"name": "conv", "op": "Convolution", "inputs": ["data"],
+         "attrs": {"kernel": [3, 3], "num_filter": 8, "pad": [1, 1]}},
+        {"name": "relu", "op": "Activation", "inputs": ["conv"], "attrs": {"act_type": "relu"}},
+        {"name": "pool", "op": "Pooling", "inputs": ["relu"],
+         "attrs": {"kernel": [1, 1], "global_pool": True, "pool_type": "avg"}},
+        {"name": "add", "op": "broadcast_add", "inputs": ["conv", "pool"]},
+        {"name": "head", "op": "Convolution", "inputs": ["add"],
+         "attrs": {"kernel": [1, 1], "num_filter": 3}},
+    ],
+    "outputs": ["head"],
+}
+
+
+def test_a_relu_left_before_a_quantize_is_predicted_removed_as_onnxruntime_removes_it(tmp_path):
+    """The conv's output has two readers, so its ReLU cannot fold into the conv's quantize and
+    stays as DQ -> Relu -> Q (zero point at the grid's floor). onnxruntime's ReluQuantFusion
+    deletes such a Relu; the fusion report predicted a float Relu (a mismatch)."""
+    graph = build_vector_graph(RELU_BESIDE_A_RESIDUAL, tmp_path)
+    rng = np.random.RandomState(0)
+    calibration = calibrate(graph, rng.randn(32, 4, 8, 8).astype(np.float32), method="minmax")
+    qgraph, _report = quantize(graph, calibration)
+    assert any(n.op == "Activation" for n in qgraph.op_nodes())   # the case this test is about
+    fusion = fusion_report(graphopt.to_onnx(qgraph))
+    assert not fusion.mismatches, fusion.format()
+    assert fusion.counts() == {"QLinearConv": 1, "QLinearGlobalAveragePool": 1, "QLinearAdd": 1,
+                               "Conv": 1}, fusion.format()
+
+
 def test_a_near_dead_channel_with_a_bias_keeps_an_int32_bias(tmp_path):
     """A channel whose weights are almost 0 but whose bias is not (a BatchNorm with gamma ~ 0
     folded in): per channel, its weight scale is so small that bias / (input scale x weight

@@ -251,6 +251,8 @@ def predict(model: onnx.ModelProto) -> list[FusionGroup]:
             continue
         if not any(m.dequantized(v) for v in node.input if v):
             continue   # nothing quantized reaches it: not a quantized group
+        if _removed_before_quantize(m, node):
+            continue   # onnxruntime deletes it: no group of its own
         predicted, reason = _predict_node(m, node)
         readers = m.readers.get(node.output[0], [])
         quantizes = [r for r in readers if r.op_type == "QuantizeLinear"]
@@ -317,6 +319,21 @@ def _predict_node(m: _Model, node: onnx.NodeProto) -> tuple[str, str]:
         floats = [r.op_type for r in readers if r.op_type != "QuantizeLinear"]
         return op, f"its output is also read in float (by {', '.join(sorted(set(floats)))})"
     return FUSED[op], ""
+
+
+def _removed_before_quantize(m: _Model, node: onnx.NodeProto) -> bool:
+    """A Relu whose only reader is a QuantizeLinear with its zero point at the grid's floor:
+    onnxruntime's ReluQuantFusion deletes it (the quantize clamps negatives to 0 already).
+    graphopt leaves one when the ReLU's input has other readers (a residual branch)."""
+    if node.op_type != "Relu" or node.output[0] in m.outputs:
+        return False
+    readers = m.readers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or len(readers[0].input) < 3:
+        return False
+    zero_point = m.value(readers[0].input[2])
+    if zero_point is None or zero_point.size != 1:
+        return False
+    return int(zero_point.reshape(-1)[0]) == int(np.iinfo(zero_point.dtype).min)
 
 
 def _same_qparams(m: _Model, dequantize: onnx.NodeProto, quantize: onnx.NodeProto) -> bool:
