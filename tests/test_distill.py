@@ -176,6 +176,14 @@ def test_command_line(tmp_path, capsys):
     assert "no such data file" in capsys.readouterr().err
     assert not (tmp_path / "again-symbol.json").exists()
 
+    # -o naming the student's own files: refused before training (it replaced the student)
+    before = (tmp_path / "student-0000.params").read_bytes()
+    code = cli_main(["distill", str(symbol_path), "--student", str(tmp_path / "student"),
+                     "--data", "digits", "--epochs", "1", "-o", str(tmp_path / "student")])
+    assert code == 2
+    assert "would overwrite the model file" in capsys.readouterr().err
+    assert (tmp_path / "student-0000.params").read_bytes() == before
+
 
 # --- bad input: refused before training starts ---------------------------------------------------
 

@@ -42,10 +42,28 @@ def add_commands(commands) -> None:
     p.set_defaults(run=cmd_distill)
 
 
+def _refuse_overwriting_a_model(args, builtin_student: bool) -> None:
+    """The teacher and the student given are never modified: ``-o`` naming one of their files
+    (the student's own prefix, say) is refused before training (it replaced them)."""
+    from pathlib import Path
+    from graphopt.errors import ModelFileError
+    models = [resolve_model(args.model, args.params)]
+    if not builtin_student:
+        models.append(resolve_model(args.student, args.student_params))
+    outputs = [Path(f"{args.output}-symbol.json"), Path(f"{args.output}-0000.params"),
+               Path(f"{args.output}-distill.json")]
+    for output in outputs:
+        for path in (path for model in models for path in model if path is not None):
+            if output.exists() and Path(path).exists() and output.samefile(path):
+                raise ModelFileError(f"-o {args.output} would overwrite the model file {path}; "
+                                     f"write the student elsewhere", file=str(output))
+
+
 def cmd_distill(args) -> int:
     from graphopt.distill.students import is_builtin
     from graphopt.distill.trainer import distill
     from graphopt.mxnet_io.load import load
+    _refuse_overwriting_a_model(args, is_builtin(args.student))
     teacher = _load(args)
     if is_builtin(args.student):
         student = args.student
