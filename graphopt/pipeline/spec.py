@@ -270,6 +270,13 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
     for key in ("samples", "latency_runs"):
         if key in document and document[key] < 1:
             raise where.error(f"{key!r} must be at least 1, not {document[key]}", key)
+    if document.get("seed", 0) < 0:  # numpy's seeds are 0 .. 2**32 - 1
+        raise where.error(f"'seed' must be at least 0, not {document['seed']}", "seed")
+    if "opset" in document:
+        from graphopt.onnx import MAX_OPSET, MIN_OPSET
+        if not MIN_OPSET <= document["opset"] <= MAX_OPSET:
+            raise where.error(f"'opset' must lie in {MIN_OPSET}..{MAX_OPSET}, not "
+                              f"{document['opset']}", "opset")
     return PipelineSpec(model=document["model"], steps=steps, inputs=document.get("inputs", []),
                         params=document.get("params"), data=document.get("data"),
                         samples=document.get("samples", 16), seed=document.get("seed", 0),
