@@ -179,6 +179,30 @@ def test_ops_without_an_int8_kernel_are_listed_as_float(tmp_path):
     assert sqnr(reference, quantized) > 30  # measured 45 dB
 
 
+def test_the_relu_op_fuses_into_the_int8_conv_as_activation_relu_does(tmp_path):
+    """Gluon's F.relu writes MXNet's ``relu`` op, which MXNet 1.9.1's oneDNN conv fusion does
+    not take (only Activation): it is handed to MXNet as Activation(act_type=relu), the same
+    function, so the conv+ReLU run as one int8 node instead of int8 conv, dequantize, float relu."""
+    data = mx.sym.Variable("data")
+    net = mx.sym.Convolution(data, kernel=(3, 3), num_filter=8, name="conv")
+    net = mx.sym.relu(net, name="relu")
+    net = mx.sym.Convolution(net, kernel=(3, 3), num_filter=8, name="conv2")
+    rng = np.random.RandomState(0)
+    shape = (2, 3, 12, 12)
+    symbol_path, params_path = save_symbol(
+        net, tmp_path / "model", {"data": shape},
+        lambda kind, name, size: (rng.randn(*size) * 0.3).astype(np.float32))
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
+    x = rng.rand(*shape).astype(np.float32)
+    qgraph, report = to_mxnet_int8(graph, ObservedRanges.observe(graph, {"data": x}))
+    assert not report.float, report.format()
+    assert "relu" not in report.mxnet_ops and report.mxnet_ops["_sg_mkldnn_conv"] == 2
+    assert [n.op for n in graph.op_nodes("relu")] == ["relu"]   # the input graph is unchanged
+    reference = run_mxnet(graph, {"data": x})[graph.output_names[0]]
+    quantized = run_mxnet(qgraph, {"data": x})[qgraph.output_names[0]]
+    assert sqnr(reference, quantized) > 30
+
+
 def test_bad_requests_are_refused_clearly(lenet):
     graph = lenet["graph"]
     with pytest.raises(GraphError, match="names no node and no op"):
