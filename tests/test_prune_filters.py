@@ -217,6 +217,15 @@ def test_bad_requests(resnet, arguments, message):
     assert message in str(error.value)
 
 
+def test_filter_pruning_without_input_shapes_says_to_give_them():
+    """Channels are followed by shape: loaded without input shapes, every layer was skipped
+    ('its shapes are unknown') and the CLI wrote the model unpruned with exit 0."""
+    graph = graphopt.load(*fixture_path("lenet_digits"))
+    with pytest.raises(PruneError) as error:
+        graphopt.prune(graph, method="filters", ratio=0.5, measure_storage=False)
+    assert "inputs={name: shape}" in str(error.value) and "'data'" in str(error.value)
+
+
 # --- with the zeroed channels dropped -----------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,11 @@ def prune_filters(graph: Graph, *, ratio: float, criterion: str = "l1", scope: s
     round_to = _check_round_to(round_to)
     if criterion not in CRITERIA:
         raise PruneError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    unknown = [node.name for node in graph.variables("input") if not node.outputs[0].known]
+    if unknown:   # the channel analysis follows channels by shape: it would follow none
+        raise PruneError(f"filter pruning follows channels by their shapes, and the shape of "
+                         f"input(s) {unknown} is unknown: load the model with "
+                         f"inputs={{name: shape}} (CLI: --input NAME:SHAPE)")
     selected_layers = select_layers(graph, layers)
     selected = {layer.name for layer in selected_layers}
 
