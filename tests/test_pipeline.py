@@ -129,6 +129,9 @@ def test_a_failed_run_into_an_earlier_runs_folder_leaves_none_of_its_models(tmp_
     assert optimize(LENET, *DIGITS_INPUT, "--data", "digits", "--fold-bn", "--out", str(out)) == 0
     assert (out / "model.onnx").is_file() and (out / "steps/01-fold/model-symbol.json").is_file()
     (out / "notes.txt").write_text("the user's own file")
+    # bad input found by a step, before this run wrote anything: the earlier run stays whole
+    assert optimize(LENET, *DIGITS_INPUT, "--prune", "filters:1.5", "--out", str(out)) == 2
+    assert (out / "model.onnx").is_file() and read_report(out)["ok"]
     # pruning 90% of LeNet's filters costs accuracy (99.4% -> 16%, measured): a zero-drop gate fails
     code = optimize(LENET, *DIGITS_INPUT, "--data", "digits", "--prune", "filters:0.9",
                     "--gate", "prune:max_accuracy_drop=0", "--out", str(out))
@@ -197,6 +200,13 @@ def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, capsys):
                     str(tmp_path)) == 2
     assert "the run would overwrite it" in capsys.readouterr().err
     assert (tmp_path / "model-0000.params").read_bytes() == before
+    # an earlier run's step model, chained into a run with the same folder: it removed it
+    steps = tmp_path / "steps" / "01-fold"
+    steps.mkdir(parents=True)
+    shutil.move(tmp_path / "model-symbol.json", steps / "model-symbol.json")
+    shutil.move(tmp_path / "model-0000.params", steps / "model-0000.params")
+    assert optimize(str(steps / "model"), *DIGITS_INPUT, "--fold-bn", "--out", str(tmp_path)) == 2
+    assert "the run would overwrite it" in capsys.readouterr().err
 
 
 def test_an_accuracy_gate_without_labels_is_refused_before_any_step_runs(tmp_path, capsys):

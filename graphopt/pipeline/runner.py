@@ -8,7 +8,8 @@ model as loaded, ``against = "input"``) by its gate: ``rtol`` (relative error of
 A step's files (``OUT/steps/NAME/model-*``) are written only once its gate has passed, so a
 failing step leaves the files of earlier steps as they were; the report is written either way
 and names the step that failed. An earlier run's files in ``OUT`` (those its report.json
-lists) are removed before the first step, so none of them passes for this run's.
+lists) are removed before this run writes its first file, so none of them passes for this
+run's.
 Accuracy-aware quantization writes its best model and the report even when its budget is
 missed, then fails (exit 1) saying so.
 
@@ -113,6 +114,14 @@ class _Run:
         self.files: dict[str, str] = {}
         self.outputs: dict[str, list] = {}   # record name -> evaluation outputs
         self.report: dict[str, Any] = {}
+        self.folder_claimed = False
+
+    def claim_folder(self) -> None:
+        """Before this run's first file: an earlier run's files go (see the module docstring);
+        bad input found before then leaves them as they were."""
+        if not self.folder_claimed:
+            _remove_previous_run(self.out)
+            self.folder_claimed = True
 
     def measure(self, name: str, graph, runtime: str, mxnet_graph=None) -> dict:
         import graphopt
@@ -138,6 +147,7 @@ class _Run:
 
     def write_step(self, name: str, graph) -> dict[str, str]:
         import graphopt
+        self.claim_folder()
         symbol, params = graphopt.save_mxnet(graph, self.out / "steps" / name / FINAL_NAME)
         return {"mxnet_symbol": str(symbol), "mxnet_params": str(params)}
 
@@ -161,7 +171,6 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
     log(f"loaded {symbol.name}; evaluating on {run.evaluation.source}")
     input_figures = run.measure("input", graph, "mxnet")
     _check_accuracy_gates(spec, input_figures)
-    _remove_previous_run(out)
     run.records.append({"name": "input", "kind": "input", "figures": input_figures,
                         "status": "ok", "model": str(symbol)})
     context = Context(original=graph, current=graph, evaluation=run.evaluation,
@@ -193,12 +202,15 @@ def run_pipeline(spec: PipelineSpec, out: str | Path | None = None,
 
 
 def _refuse_overwriting_the_input(out: Path, symbol: Path, params: Path) -> None:
-    """The run writes ``OUT/model-symbol.json``, ``OUT/model-0000.params`` and ``OUT/model.onnx``
-    (and removes an earlier run's): a model loaded from those very files would be replaced."""
+    """The run writes ``OUT/model-symbol.json``, ``OUT/model-0000.params``, ``OUT/model.onnx``
+    and ``OUT/steps/`` (and removes an earlier run's): a model loaded from there would be
+    replaced or removed."""
     written = {(out / name).resolve() for name in (f"{FINAL_NAME}-symbol.json",
                                                    f"{FINAL_NAME}-0000.params",
                                                    f"{FINAL_NAME}.onnx")}
-    clashes = [str(path) for path in (symbol, params) if Path(path).resolve() in written]
+    steps = (out / "steps").resolve()  # an earlier run's step files: removed by this run
+    clashes = [str(path) for path in (symbol, params) if Path(path).resolve() in written
+               or Path(path).resolve().is_relative_to(steps)]
     if clashes:
         raise PipelineError(f"the output folder {str(out)!r} is where the input model is "
                             f"({', '.join(clashes)}): the run would overwrite it; give another "
@@ -301,6 +313,7 @@ def _export(run: _Run, context: Context, last: StepOutcome | None) -> str | None
                    "first_divergent": (comparison.first_divergent.node
                                        if comparison.first_divergent else None)})
     run.log(gate_text("export", verdict))
+    run.claim_folder()
     if "onnx" in run.spec.to:
         path = run.out / f"{FINAL_NAME}.onnx"
         save(onnx_model, path)
@@ -355,6 +368,7 @@ def _write_report(run: _Run, report: dict, graph) -> None:
     run.files.update({"report_json": str(json_path), "report_html": str(html_path)})
     report["files"] = dict(run.files)
     page = render_html(report, graph)  # both made before either is written
+    run.claim_folder()
     atomic_write_bytes(json_path, json.dumps(report, indent=2, default=str).encode())
     atomic_write_bytes(html_path, page.encode())
     run.report = report
