@@ -276,6 +276,7 @@ def test_a_bad_pipeline_file_is_refused_with_its_line(tmp_path, capsys, prune_li
 @pytest.mark.parametrize("replace, message", [
     (('"data:1x1x28x28"', '"data:1xAx28"'), "line 2: 'inputs': expected NAME:DIMxDIM"),
     (('kind = "fold"', 'kind = "fold"\nname = "../escape"'), "line 8: the name of [[step]] #1"),
+    (('kind = "fold"', 'kind = "fold"\nname = ".."'), "line 8: the name of [[step]] #1"),
     # both ended in a ValueError traceback with exit code 1, the code of a failed gate
     (('out = "build"', 'out = "build"\nopset = 5'), "line 5: 'opset' must lie in 13.."),
     (('out = "build"', 'out = "build"\nseed = -1'), "line 5: 'seed' must be at least 0"),

@@ -230,7 +230,8 @@ def validate(document: dict, *, text: str | None = None, source: str = "command 
             raise where.error(f"the gate of {context}: 'against' must be one of "
                               f"{', '.join(GATE_AGAINST)}, not {gate['against']!r}", "against",
                               "step", index)
-        if "name" in raw and not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
+        if "name" in raw and (not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"])
+                              or set(raw["name"]) == {"."}):  # "..": OUT/steps/.. is OUT
             raise where.error(f"the name of {context} ({raw['name']!r}) names its folder: use "
                               f"letters, digits, '_', '.' and '-'", "name", "step", index)
         if raw.get("name") in RESERVED_STEP_NAMES:  # a step named so would be gated against
