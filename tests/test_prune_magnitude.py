@@ -191,6 +191,7 @@ def test_layer_selection(lenet, layers, expected):
     ({"sparsity": 1.0}, "sparsity must be in [0, 1)"),
     ({"sparsity": -0.5}, "sparsity must be in [0, 1)"),
     ({"sparsity": 0.5, "scope": "model"}, "scope must be one of ('layer', 'global')"),
+    ({"threshold": 0.1, "scope": "model"}, "scope must be one of ('layer', 'global')"),
     ({}, "needs exactly one of threshold=T"),
     ({"threshold": 0.1, "sparsity": 0.5}, "needs exactly one of threshold=T"),
     ({"sparsity": 0.5, "layers": "op:Conv"},

@@ -125,6 +125,7 @@ def prune_magnitude(graph: Graph, *, threshold: float | None = None,
         raise PruneError("magnitude pruning needs exactly one of threshold=T (zero |w| <= T) "
                          f"or sparsity=S (fraction of zeros), got threshold={threshold!r}, "
                          f"sparsity={sparsity!r}")
+    scope = check_scope(scope)   # a misspelt scope is refused with a threshold too
     selected = select_layers(graph, layers)
     notes: list[str] = []
     if threshold is not None:
@@ -132,7 +133,7 @@ def prune_magnitude(graph: Graph, *, threshold: float | None = None,
         masks = _threshold_masks(graph, selected, threshold)
     else:
         sparsity = check_fraction(sparsity, "sparsity")
-        masks = _sparsity_masks(graph, selected, sparsity, check_scope(scope), notes)
+        masks = _sparsity_masks(graph, selected, sparsity, scope, notes)
 
     pruned = graph.copy()
     applied = {}
