@@ -99,6 +99,39 @@ def test_equalizing_a_mobilenet_block_keeps_its_float_function(block_case):
                for name, value in before.items())
 
 
+class _ConvReluOpConv(nn.HybridBlock):
+    """conv -> BN -> F.relu (MXNet's ``relu`` op, not Activation) -> conv -> BN."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(16, 3, padding=1, in_channels=4, use_bias=False)
+            self.bn1 = nn.BatchNorm(in_channels=16)
+            self.conv2 = nn.Conv2D(8, 1, in_channels=16, use_bias=False)
+            self.bn2 = nn.BatchNorm(in_channels=8)
+
+    def hybrid_forward(self, F, x):
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+def test_a_pair_through_the_relu_op_is_equalized_too():
+    """Gluon's F.relu writes the ``relu`` op; before, the rules (which match Activation) left
+    such pairs unbalanced. Gammas spread over three decades, as mobilenet_like_block's."""
+    mx.random.seed(3)
+    rng = np.random.RandomState(3)
+    block = _ConvReluOpConv()
+    block.initialize(mx.init.MSRAPrelu(factor_type="in", slope=0))
+    for name, param in block.collect_params().items():
+        if name.endswith("gamma"):
+            param.set_data(mx.nd.array(10 ** rng.uniform(-1.5, 1.5, param.shape)))
+    graph, _ = graphopt.rewrite(graphopt.from_block(block, {"data": (1, 4, 8, 8)}))
+    assert graph.op_nodes("relu")   # the case this test is about
+    equalized, report = equalize(graph)
+    assert report.applied("equalize_convolutions_through_relu") >= 1
+    x = rng.randn(4, 4, 8, 8).astype(np.float32)
+    assert relative_error(_mxnet_output(graph, x), _mxnet_output(equalized, x)) <= FLOAT_TOLERANCE
+
+
 def test_equalization_raises_the_int8_sqnr_of_a_mobilenet_block_and_keeps_its_int8_kernels(
         block_case):
     graph, calibration_x, heldout = block_case

@@ -45,9 +45,11 @@ BALANCED = 1.05   # a pair whose every scale is within [1/1.05, 1.05] is left as
 def equalize(graph: Graph) -> tuple[Graph, Report]:
     """A copy of ``graph`` with every conv -> (ReLU) -> conv pair equalized (the rules of phase
     ``equalize``) and the rewrite report. The float function is unchanged (to float32 rounding;
-    the rules' test vectors and ``tests/test_quantize_equalize.py`` check it against MXNet)."""
+    the rules' test vectors and ``tests/test_quantize_equalize.py`` check it against MXNet).
+    ``relu`` ops (Gluon's F.relu) come back as Activation(act_type=relu), which the rules match."""
+    from graphopt.quantize.rule_functions import relu_ops_as_activation
     from graphopt.rewrite.engine import rewrite
-    return rewrite(graph, phases=[EQUALIZE_PHASE])
+    return rewrite(relu_ops_as_activation(graph), phases=[EQUALIZE_PHASE])
 
 
 @register_guard

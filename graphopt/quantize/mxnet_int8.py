@@ -47,6 +47,7 @@ from mxnet.contrib import quantization as mx_quantization
 
 from graphopt.errors import CalibrationError, DataError, GraphoptError
 from graphopt.ir.graph import Graph, Tensor
+from graphopt.quantize.rule_functions import relu_ops_as_activation
 
 QUANTIZED_DTYPES = ("auto", "int8", "uint8")
 GRANULARITIES = ("tensor-wise", "channel-wise")
@@ -154,7 +155,7 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
     excluded = _excluded_nodes(graph, exclude, exclude_first_last)
     arg_params, aux_params = _params(graph)
     with _mxnet_errors("fusing the graph for int8"):
-        fused = to_symbol(_relu_as_activation(graph)).get_backend_symbol(BACKEND)
+        fused = to_symbol(relu_ops_as_activation(graph)).get_backend_symbol(BACKEND)
     fused_nodes = json.loads(fused.tojson())["nodes"]
     excluded_fused = [entry["name"] for entry in fused_nodes
                       if entry["op"] != "null" and _covered(entry, graph) & excluded.keys()]
@@ -177,19 +178,6 @@ def to_mxnet_int8(graph: Graph, calibration, *, exclude: Iterable[str] = (),
                         mxnet_ops=dict(Counter(e["op"] for e in nodes if e["op"] != "null")),
                         quantized_dtype=quantized_dtype, granularity=granularity)
     return qgraph, report
-
-
-def _relu_as_activation(graph: Graph) -> Graph:
-    """``graph`` with each ``relu`` op (Gluon's F.relu) written as Activation(act_type=relu), the
-    same function under the name MXNet 1.9.1's oneDNN conv/FC fusion looks for (a copy; the
-    node names stay, so the report maps back)."""
-    if not graph.op_nodes("relu"):
-        return graph
-    graph = graph.copy()
-    graph.derived.clear()   # the cached symbol is the one with relu ops
-    for node in graph.op_nodes("relu"):
-        node.op, node.attrs, node.raw_attrs = "Activation", {"act_type": "relu"}, {}
-    return graph
 
 
 # --- what to keep in float ---------------------------------------------------------------------

@@ -233,6 +233,19 @@ def unquantized_output(layer: Ref) -> Ref:
     return layer
 
 
+def relu_ops_as_activation(graph):
+    """``graph`` with each ``relu`` op (Gluon's F.relu) written as Activation(act_type=relu),
+    the same function under the name MXNet 1.9.1's oneDNN conv/FC fusion and the equalization
+    rules look for. A copy (node names kept) if there is any, else ``graph`` itself."""
+    if not graph.op_nodes("relu"):
+        return graph
+    graph = graph.copy()
+    graph.derived.clear()   # the cached symbol is the one with relu ops
+    for node in graph.op_nodes("relu"):
+        node.op, node.attrs, node.raw_attrs = "Activation", {"act_type": "relu"}, {}
+    return graph
+
+
 def _tensor(name: str):
     from graphopt.ir.graph import Tensor
     return Tensor(name, 0)
