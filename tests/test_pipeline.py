@@ -209,6 +209,16 @@ def test_an_output_folder_holding_the_input_model_is_refused(tmp_path, capsys):
     assert "the run would overwrite it" in capsys.readouterr().err
 
 
+def test_evaluation_samples_of_another_size_are_refused(tmp_path, capsys, held_out):
+    x, y = held_out
+    np.savez(tmp_path / "eval.npz", data=x[:100, :, :14, :14], label=y[:100])
+    # the digits ResNet ends in global pooling: it ran on 14x14 images and gated on them
+    assert optimize(RESNET, *DIGITS_INPUT, "--data", str(tmp_path / "eval.npz"), "--fold-bn",
+                    "--out", str(tmp_path / "out")) == 2
+    assert "samples of 'data' have shape (1, 14, 14), but the model was loaded for (1, 1, 28, 28)" \
+        in capsys.readouterr().err
+
+
 def test_an_accuracy_gate_without_labels_is_refused_before_any_step_runs(tmp_path, capsys):
     out = tmp_path / "out"
     assert optimize(LENET, *DIGITS_INPUT, "--fold-bn", "--prune", "filters:0.5",

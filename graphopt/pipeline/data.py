@@ -56,7 +56,8 @@ def evaluation_data(graph: Graph, data: str | None, samples: int, seed: int) -> 
         with np.load(data) as arrays:
             if all(name in arrays for name in graph.input_names):
                 labels = next((arrays[k] for k in ("label", "y") if k in arrays), None)
-                inputs = {name: arrays[name] for name in graph.input_names}
+                inputs = _checked_shapes(graph, {name: arrays[name] for name in graph.input_names},
+                                         data)
                 return EvaluationData(inputs, _checked_labels(labels, inputs, data), data)
     from graphopt.distill.data import ArrayData, as_training_data
     loaded = as_training_data(data, role="val_data")
@@ -65,7 +66,21 @@ def evaluation_data(graph: Graph, data: str | None, samples: int, seed: int) -> 
     if len(graph.input_names) != 1:
         raise DataError(f"{data}: the model has inputs {graph.input_names}; store one array per "
                         f"input name in the .npz", file=data)
-    return EvaluationData({graph.input_names[0]: loaded.x}, loaded.y, loaded.source)
+    return EvaluationData(_checked_shapes(graph, {graph.input_names[0]: loaded.x}, loaded.source),
+                          loaded.y, loaded.source)
+
+
+def _checked_shapes(graph: Graph, inputs: dict, source: str) -> dict:
+    """``inputs``, refused when a sample's shape is not the one the model was loaded for: a
+    model with global pooling runs on other image sizes too, and its gates would measure it
+    on inputs it is not deployed for."""
+    for name, array in inputs.items():
+        declared = graph.node(name).shape
+        if declared is not None and tuple(np.shape(array)[1:]) != tuple(declared[1:]):
+            raise DataError(f"{source}: samples of {name!r} have shape {tuple(np.shape(array)[1:])}"
+                            f", but the model was loaded for {tuple(declared)} (per sample "
+                            f"{tuple(declared[1:])})", file=source)
+    return inputs
 
 
 def _checked_labels(labels, inputs: dict, source: str):
