@@ -189,7 +189,8 @@ def load_onnx(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     try:
         return onnx.load(str(model))
     except OSError as error:
-        raise ModelFileError(f"cannot read the ONNX file: {error.strerror}", file=str(model)) from None
+        raise ModelFileError(f"cannot read the ONNX file: {error.strerror}",
+                             file=str(model)) from None
     except Exception as error:  # protobuf's DecodeError and friends: not an ONNX model
         raise ModelFileError(f"not an ONNX model: {error}", file=str(model)) from None
 
