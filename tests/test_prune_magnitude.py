@@ -215,3 +215,24 @@ def test_an_unknown_method_lists_the_methods(lenet):
     with pytest.raises(PruneError, match=r"unknown pruning method 'random'; the methods are "
                                          r"\('magnitude', 'filters'\)"):
         graphopt.prune(lenet, method="random", sparsity=0.5)
+
+
+def test_a_weight_shared_by_two_convs_reports_the_macs_of_both(tmp_path):
+    """One weight read by two convs is one layer of the report; its MACs (and the nonzero
+    MACs a sparse kernel would do) are those of both uses, not of the first one alone."""
+    import mxnet as mx
+    from graphopt.mxnet_io.save import save_symbol
+    weight = mx.sym.var("shared_weight")
+    x = mx.sym.Convolution(mx.sym.var("data"), weight, num_filter=4, kernel=(3, 3), pad=(1, 1),
+                           no_bias=True, name="s1")
+    x = mx.sym.Convolution(mx.sym.relu(x), weight, num_filter=4, kernel=(3, 3), pad=(1, 1),
+                           no_bias=True, name="s2")
+    rng = np.random.RandomState(0)
+    paths = save_symbol(x, tmp_path / "shared", {"data": (1, 4, 6, 6)},
+                        lambda _kind, _name, shape: rng.normal(0, 0.5, shape).astype(np.float32))
+    graph = graphopt.load(*paths, inputs={"data": (1, 4, 6, 6)})
+    _, report = graphopt.prune(graph, sparsity=0.5, measure_storage=False)
+    one_use = 4 * 4 * 3 * 3 * 6 * 6   # filters x fan-in x output pixels
+    [layer] = report.layers
+    assert (layer.macs_before, layer.macs_after, layer.nonzero_macs) == (
+        2 * one_use, 2 * one_use, one_use)

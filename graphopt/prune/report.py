@@ -112,6 +112,14 @@ def _zeroed_filters(weight: np.ndarray, op: str, groups: int) -> int:
     return int(np.sum(~np.any(filters != 0, axis=1)))
 
 
+def _weight_readers(graph: Graph, layer: PrunableLayer) -> list[str]:
+    """The nodes that multiply by ``layer``'s weight: the layer, and the nodes sharing it."""
+    if layer.weight not in graph:
+        return [layer.name]
+    readers = [name for name, slot in graph.consumers(layer.weight) if slot == 1]
+    return list(dict.fromkeys(readers)) or [layer.name]
+
+
 def build_report(method: str, settings: dict, before: Graph, after: Graph,
                  layers: list[PrunableLayer], thresholds: dict[str, float] | None = None,
                  measure_storage: bool = True) -> PruneReport:
@@ -129,6 +137,10 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
         new_groups = num_groups(after, layer) if layer.name in after else groups
         cost_before = costs_before.get(layer.name, {})
         cost_after = costs_after.get(layer.name, {"params": 0, "param_bytes": 0, "macs": 0})
+        macs_before = sum(costs_before.get(n, {}).get("macs", 0)
+                          for n in _weight_readers(before, layer))
+        macs_after = sum(costs_after.get(n, {}).get("macs", 0)
+                         for n in _weight_readers(after, layer))
         density = float(np.count_nonzero(new)) / new.size if new.size else 0.0
         entries.append(LayerPruning(
             name=layer.name, op=layer.op, weight=layer.weight, shape=list(new.shape),
@@ -143,8 +155,8 @@ def build_report(method: str, settings: dict, before: Graph, after: Graph,
             params_after=int(cost_after["params"]),
             bytes_before=int(cost_before.get("param_bytes", 0)),
             bytes_after=int(cost_after["param_bytes"]),
-            macs_before=int(cost_before.get("macs", 0)), macs_after=int(cost_after["macs"]),
-            nonzero_macs=int(round(cost_after["macs"] * density))))
+            macs_before=int(macs_before), macs_after=int(macs_after),
+            nonzero_macs=int(round(macs_after * density))))
     report = PruneReport(method=method, settings=dict(settings), layers=entries,
                          before=_totals(inspection_before), after=_totals(inspection_after))
     if measure_storage:
