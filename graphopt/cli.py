@@ -81,6 +81,9 @@ def _print_json(value) -> None:
 
 def cmd_inspect(args) -> int:
     from graphopt.analysis import format_inspection, inspect_graph
+    if args.compare_params and not args.compare:
+        raise GraphoptError(f"--compare-params {args.compare_params} needs --compare OTHER "
+                            f"(the model whose params file it is)")
     report = inspect_graph(_load(args))
     if args.compare:
         import graphopt
@@ -108,9 +111,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    from graphopt.pipeline.cli import cmd_optimize_pipeline, wants_pipeline
+    from graphopt.pipeline.cli import cmd_optimize_pipeline, refuse_pipeline_flags, wants_pipeline
     if wants_pipeline(args):  # --out DIR or a step flag: the pipeline (graphopt/pipeline/)
         return cmd_optimize_pipeline(args)
+    refuse_pipeline_flags(args)
     if (args.to or "mxnet") not in ("onnx", "mxnet"):
         raise GraphoptError(f"--to {args.to!r}: -o OUT writes one format, onnx or mxnet (a list "
                             f"such as onnx,mxnet is for --out DIR)")

@@ -323,6 +323,10 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     # evaluated on the user's data was trained on the digits, silently, when the shapes fit
     assert optimize(LENET, *DIGITS_INPUT, "--distill", "1", "--out", str(tmp_path)) == 2
     assert "(distill) needs 'train_data'" in capsys.readouterr().err
+    # a gate given to the single-output form was ignored, never checked
+    assert optimize(LENET, *DIGITS_INPUT, "-o", str(tmp_path / "m.onnx"), "--to", "onnx",
+                    "--gate", "fold:rtol=1e-9") == 2
+    assert "--gate: flags of the pipeline" in capsys.readouterr().err
 
 
 def test_the_single_output_form_of_optimize_is_unchanged(tmp_path):

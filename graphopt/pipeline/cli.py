@@ -76,6 +76,21 @@ def wants_pipeline(args) -> bool:
     return bool(getattr(args, "out", None)) or any(getattr(args, flag, None) for flag in STEP_FLAGS)
 
 
+PIPELINE_ONLY = (("--data", "data"), ("--samples", "samples"), ("--gate", "gate"),
+                 ("--calib", "calib"), ("--max-accuracy-drop", "max_accuracy_drop"),
+                 ("--min-sqnr", "min_sqnr"), ("--[no-]equalize", "equalize"),
+                 ("--[no-]bias-correction", "bias_correction"))
+
+
+def refuse_pipeline_flags(args) -> None:
+    """The single-output form (``-o OUT``) has no data, gates or quantization: a flag of the
+    pipeline given to it is refused (it was ignored: a gate asked for was never checked)."""
+    given = [flag for flag, name in PIPELINE_ONLY if getattr(args, name, None) not in (None, [])]
+    if given:
+        raise PipelineError(f"{', '.join(given)}: flags of the pipeline (--out DIR and step flags "
+                            f"such as --fold-bn), not of the single-output form (-o OUT)")
+
+
 def _value(text: str):
     """A flag's value typed as TOML would type it (1 int, 0.5 float, true bool, else a string)."""
     try:
