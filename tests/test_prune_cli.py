@@ -178,3 +178,12 @@ def test_an_output_that_would_overwrite_the_input_model_is_refused(target, tmp_p
     assert code == 2
     assert "input" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_compare_params_without_compare_is_a_bad_request(capsys):
+    """--compare-params names OTHER's params: without --compare it used to be ignored, and
+    the user read a plain inspection as if it were the comparison asked for."""
+    code = main(["inspect", lenet_prefix(), "--input", SHAPE, "--compare-params",
+                 f"{resnet_prefix()}-0000.params"])
+    assert code == 2
+    assert "needs --compare OTHER" in capsys.readouterr().err
