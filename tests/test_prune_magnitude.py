@@ -236,3 +236,24 @@ def test_a_weight_shared_by_two_convs_reports_the_macs_of_both(tmp_path):
     [layer] = report.layers
     assert (layer.macs_before, layer.macs_after, layer.nonzero_macs) == (
         2 * one_use, 2 * one_use, one_use)
+
+
+def test_a_shared_weight_is_selected_or_excluded_by_the_name_of_any_node_using_it(tmp_path):
+    """Pruning a shared weight prunes every use: '!s2' must keep it whole (it was an error
+    saying s2 has no weight to prune), and 's2' selects it."""
+    import mxnet as mx
+    from graphopt.mxnet_io.save import save_symbol
+    weight = mx.sym.var("shared_weight")
+    x = mx.sym.Convolution(mx.sym.var("data"), weight, num_filter=4, kernel=(3, 3), pad=(1, 1),
+                           no_bias=True, name="s1")
+    x = mx.sym.Convolution(mx.sym.relu(x), weight, num_filter=4, kernel=(3, 3), pad=(1, 1),
+                           no_bias=True, name="s2")
+    x = mx.sym.FullyConnected(x, num_hidden=3, name="fc")
+    rng = np.random.RandomState(0)
+    paths = save_symbol(x, tmp_path / "shared", {"data": (1, 4, 6, 6)},
+                        lambda _kind, _name, shape: rng.normal(0, 0.5, shape).astype(np.float32))
+    graph = graphopt.load(*paths, inputs={"data": (1, 4, 6, 6)})
+    _, report = graphopt.prune(graph, sparsity=0.5, layers="!s2", measure_storage=False)
+    assert [layer.name for layer in report.layers] == ["fc"]
+    _, report = graphopt.prune(graph, sparsity=0.5, layers="s2", measure_storage=False)
+    assert [layer.weight for layer in report.layers] == ["shared_weight"]

@@ -2,7 +2,8 @@
 
 A *prunable layer* is a Convolution, Deconvolution or FullyConnected node whose weight (input
 slot 1) is a parameter the graph holds. A weight shared by two nodes is one layer (the first
-node in topological order names it): pruning it once prunes both uses.
+node in topological order names it): pruning it once prunes both uses, so a pattern naming
+either node selects (or with ``!`` excludes) it.
 
 The ``layers`` selection (a string, or a list of strings; a string may hold several terms
 separated by commas):
@@ -53,6 +54,7 @@ class PrunableLayer:
     op: str
     weight: str
     bias: str | None
+    shared_with: tuple[str, ...] = ()   # the other nodes multiplying by the same weight
 
     @property
     def output_axis(self) -> int:
@@ -64,7 +66,7 @@ class PrunableLayer:
 def prunable_layers(graph: Graph) -> list[PrunableLayer]:
     """Every prunable layer of ``graph`` in topological order (see the module docstring)."""
     schema = mxnet_schema()
-    layers, seen = [], set()
+    layers, seen, readers = [], set(), {}
     for node in graph.nodes():
         if node.is_variable:
             continue
@@ -72,12 +74,16 @@ def prunable_layers(graph: Graph) -> list[PrunableLayer]:
         if op not in WEIGHTED_OPS:
             continue
         inputs = graph.inputs_of(node.name)
-        if len(inputs) < 2 or inputs[1].node not in graph.params or inputs[1].node in seen:
+        if len(inputs) < 2 or inputs[1].node not in graph.params:
+            continue
+        readers.setdefault(inputs[1].node, []).append(node.name)
+        if inputs[1].node in seen:
             continue
         seen.add(inputs[1].node)
         bias = inputs[2].node if len(inputs) > 2 and inputs[2].node in graph.params else None
         layers.append(PrunableLayer(node.name, op, inputs[1].node, bias))
-    return layers
+    return [PrunableLayer(layer.name, layer.op, layer.weight, layer.bias,
+                          tuple(readers[layer.weight][1:])) for layer in layers]
 
 
 def selection_setting(layers: LayerSelection) -> str | list[str] | None:
@@ -103,9 +109,10 @@ def _matcher(term: str):
         except re.error as error:
             raise PruneError(f"layer pattern {term!r} is not a valid regular expression: "
                              f"{error}") from None
-        return lambda layer: bool(pattern.search(layer.name) or pattern.search(layer.weight))
-    return lambda layer: (fnmatch.fnmatchcase(layer.name, term)
-                          or fnmatch.fnmatchcase(layer.weight, term))
+        return lambda layer: any(pattern.search(name) for name in
+                                 (layer.name, layer.weight, *layer.shared_with))
+    return lambda layer: any(fnmatch.fnmatchcase(name, term) for name in
+                             (layer.name, layer.weight, *layer.shared_with))
 
 
 def select_layers(graph: Graph, layers: LayerSelection = None,
