@@ -257,3 +257,16 @@ def test_a_shared_weight_is_selected_or_excluded_by_the_name_of_any_node_using_i
     assert [layer.name for layer in report.layers] == ["fc"]
     _, report = graphopt.prune(graph, sparsity=0.5, layers="s2", measure_storage=False)
     assert [layer.weight for layer in report.layers] == ["shared_weight"]
+
+
+def test_a_float16_weight_just_above_the_threshold_is_kept(lenet):
+    """|w| > T keeps w, compared as numbers: numpy compares a float16 array with a Python
+    float in float16, so T = 0.10003 became 0.10004 (the nearest float16) and the weight
+    0.10004 (> 0.10003) was zeroed."""
+    graph = lenet.copy()
+    name = select_layers(graph, "op:Convolution")[0].weight
+    weight = graph.params[name].astype(np.float16)
+    weight[0, 0, 0, 0] = 0.10003662109375      # a float16 value
+    graph.set_param(name, weight)
+    pruned, _ = graphopt.prune(graph, threshold=0.10003, layers=name, measure_storage=False)
+    assert pruned.params[name][0, 0, 0, 0] == weight[0, 0, 0, 0]

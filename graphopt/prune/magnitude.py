@@ -63,7 +63,8 @@ def _threshold_masks(graph: Graph, layers: list[PrunableLayer], threshold: float
     masks, whole = {}, []
     for layer in layers:
         magnitude = np.abs(graph.params[layer.weight])
-        keep = magnitude > threshold
+        # compared in float64: numpy would round the threshold to a float16 weight's dtype
+        keep = magnitude.astype(np.float64, copy=False) > threshold
         if not keep.any() and magnitude.size:
             whole.append(layer.name)
         masks[layer.weight] = keep
