@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from graphopt.errors import PruneError
+from graphopt.onnx import DEFAULT_OPSET
 
 
 def add_commands(commands) -> None:
@@ -47,7 +48,7 @@ def add_commands(commands) -> None:
                    help="remove the zeroed channels from every coupled tensor")
     p.add_argument("-o", "--output", help="write the pruned model (MXNet prefix or ONNX file)")
     p.add_argument("--to", choices=["mxnet", "onnx"], default="mxnet")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
     p.add_argument("--sparse-params", metavar="PARAMS.npz",
                    help="also write the pruned parameters as a deflated bitmask .npz "
