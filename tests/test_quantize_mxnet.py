@@ -145,6 +145,16 @@ def test_an_op_type_excludes_every_node_of_it(lenet, digits):
     assert build.accuracy(quantized, y_test) >= build.accuracy(lenet["reference"], y_test) - MAX_ACCURACY_DROP
 
 
+def small_model(net, tmp_path, shape=(2, 3, 12, 12)):
+    """``net`` with N(0, 0.3) parameters, loaded at ``shape``, and a U(0, 1) input for it."""
+    rng = np.random.RandomState(0)
+    symbol_path, params_path = save_symbol(
+        net, tmp_path / "model", {"data": shape},
+        lambda kind, name, size: (rng.randn(*size) * 0.3).astype(np.float32))
+    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
+    return graph, rng.rand(*shape).astype(np.float32)
+
+
 def test_ops_without_an_int8_kernel_are_listed_as_float(tmp_path):
     """tanh, LRN, sigmoid and softmax have no int8 kernel in MXNet 1.9.1: they run in float
     between a dequantize and a quantize, and the report says so; the leaky ReLU fuses into the
@@ -159,13 +169,7 @@ def test_ops_without_an_int8_kernel_are_listed_as_float(tmp_path):
     net = mx.sym.LeakyReLU(net, act_type="leaky", slope=0.1, name="leaky")
     net = mx.sym.FullyConnected(net, num_hidden=5, name="fc")
     net = mx.sym.softmax(net, name="prob")
-    rng = np.random.RandomState(0)
-    shape = (2, 3, 12, 12)
-    symbol_path, params_path = save_symbol(
-        net, tmp_path / "model", {"data": shape},
-        lambda kind, name, size: (rng.randn(*size) * 0.3).astype(np.float32))
-    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
-    x = rng.rand(*shape).astype(np.float32)
+    graph, x = small_model(net, tmp_path)
     qgraph, report = to_mxnet_int8(graph, ObservedRanges.observe(graph, {"data": x}))
     reasons = {layer.node: layer.reason for layer in report.float}
     assert sorted(reasons) == ["lrn", "prob", "sigmoid", "tanh"]
@@ -187,13 +191,7 @@ def test_the_relu_op_fuses_into_the_int8_conv_as_activation_relu_does(tmp_path):
     net = mx.sym.Convolution(data, kernel=(3, 3), num_filter=8, name="conv")
     net = mx.sym.relu(net, name="relu")
     net = mx.sym.Convolution(net, kernel=(3, 3), num_filter=8, name="conv2")
-    rng = np.random.RandomState(0)
-    shape = (2, 3, 12, 12)
-    symbol_path, params_path = save_symbol(
-        net, tmp_path / "model", {"data": shape},
-        lambda kind, name, size: (rng.randn(*size) * 0.3).astype(np.float32))
-    graph = graphopt.load(symbol_path, params_path, inputs={"data": shape})
-    x = rng.rand(*shape).astype(np.float32)
+    graph, x = small_model(net, tmp_path)
     qgraph, report = to_mxnet_int8(graph, ObservedRanges.observe(graph, {"data": x}))
     assert not report.float, report.format()
     assert "relu" not in report.mxnet_ops and report.mxnet_ops["_sg_mkldnn_conv"] == 2

@@ -15,6 +15,7 @@ import argparse
 import json
 
 from graphopt.cli import _load, _model_arguments, _print_json
+from graphopt.onnx import DEFAULT_OPSET
 
 
 def add_commands(commands) -> None:
@@ -44,7 +45,8 @@ def add_commands(commands) -> None:
                    help="keep the first and the last weighted layers in float")
     p.add_argument("--to", choices=["onnx", "mxnet"], default="onnx")
     p.add_argument("-o", "--output", required=True, help="OUT.onnx, or an MXNet prefix")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13: per-channel QDQ)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset (>= 13: per-channel QDQ)")
     p.add_argument("--static-batch", action="store_true", help="ONNX: keep the batch size fixed")
     p.add_argument("--no-fold", action="store_true", help="do not run the cleanup and fold rules first")
     p.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=True,
